@@ -1,0 +1,102 @@
+# moe.cu: one kernel source, two targets.
+#   make test          GoogleTest suite on the CPU (SIMT layer), the nvcc compile of every CUDA source,
+#                      and the ASan+UBSan build of the suite (ucontext fibers)
+#   make train         data, then the binary that fits this machine, then a default run
+#   make train_moe     GPU binary (nvcc, cuBLAS, cuRAND)
+#   make train_moe_cpu CPU binary (g++ through the SIMT layer)
+#   make bench         speed tables
+# Options: FIBERS=ucontext (POSIX ucontext fibers instead of Boost.Context), CUDA_HOME=/usr/local/cuda
+
+SHELL := /bin/bash
+CXX ?= g++
+CUDA_HOME ?= /usr/local/cuda
+NVCC ?= $(shell command -v nvcc 2>/dev/null || (test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc))
+FIBERS ?= boost
+BUILD := build
+
+# libcurand: the real host generator from the CUDA toolkit (no GPU needed)
+CURAND_DIR := $(firstword $(wildcard $(CUDA_HOME)/lib64/libcurand.so) $(wildcard /usr/lib/x86_64-linux-gnu/libcurand.so))
+CURAND_LIB := $(if $(CURAND_DIR),-L$(dir $(CURAND_DIR)) -Wl,-rpath,$(dir $(CURAND_DIR)) -lcurand,)
+CURAND_FLAG := $(if $(CURAND_DIR),,-DSIMT_NO_CURAND)
+
+WARN := -Wall -Wextra
+CPU_FLAGS := -std=c++20 -O2 -g -march=native $(WARN) -I. -I/usr/include/x86_64-linux-gnu $(CURAND_FLAG)
+ifeq ($(FIBERS),ucontext)
+  CPU_FLAGS += -DSIMT_FIBERS_UCONTEXT
+  FIBER_LIB :=
+else
+  FIBER_LIB := -lboost_context
+endif
+CPU_LIBS := $(FIBER_LIB) -lopenblas $(CURAND_LIB) -lpthread
+
+ASAN_FLAGS := -std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+              $(WARN) -I. -I/usr/include/x86_64-linux-gnu -DSIMT_FIBERS_UCONTEXT $(CURAND_FLAG)
+ASAN_LIBS := -lopenblas $(CURAND_LIB) -lpthread
+
+NVCC_FLAGS := -std=c++20 -O3 -I. --expt-relaxed-constexpr \
+              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+              -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall,-Wextra
+
+HEADERS := $(wildcard *.cuh *.h simt/*.h data/*.h tests/*.h tests/*.cuh)
+TEST_SRCS := $(wildcard tests/test_*.cpp)
+CPU_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/cpu/tests/%.o,$(TEST_SRCS))
+ASAN_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/asan/tests/%.o,$(TEST_SRCS))
+CUDA_SRCS := train_moe.cu $(wildcard tests/*.cu)
+
+.PHONY: all test test-cpu test-asan nvcc-check train data bench clean help
+all: train_moe_cpu
+
+help:
+	@sed -n '2,9p' Makefile
+
+# ---------------------------------------------------------------- CPU build (g++ + SIMT layer)
+$(BUILD)/cpu/simt.o: simt/simt.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPU_FLAGS) -c $< -o $@
+
+$(BUILD)/cpu/tests/%.o: tests/%.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPU_FLAGS) -c $< -o $@
+
+$(BUILD)/cpu/run_tests: $(CPU_TEST_OBJS) $(BUILD)/cpu/simt.o
+	$(CXX) $(CPU_FLAGS) $^ -o $@ -lgtest -lgtest_main $(CPU_LIBS)
+
+train_moe_cpu: train_moe.cu $(HEADERS) $(BUILD)/cpu/simt.o
+	$(CXX) $(CPU_FLAGS) -x c++ $< -x none $(BUILD)/cpu/simt.o -o $@ $(CPU_LIBS)
+
+test-cpu: $(BUILD)/cpu/run_tests train_moe_cpu
+	$(BUILD)/cpu/run_tests
+
+# ---------------------------------------------------------------- sanitizer build (ucontext fibers)
+$(BUILD)/asan/simt.o: simt/simt.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(ASAN_FLAGS) -c $< -o $@
+
+$(BUILD)/asan/tests/%.o: tests/%.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(ASAN_FLAGS) -c $< -o $@
+
+$(BUILD)/asan/run_tests: $(ASAN_TEST_OBJS) $(BUILD)/asan/simt.o
+	$(CXX) $(ASAN_FLAGS) $^ -o $@ -lgtest -lgtest_main $(ASAN_LIBS)
+
+# The sanitizer run skips the slow whole-model tests (names containing "Slow").
+test-asan: $(BUILD)/asan/run_tests
+	ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	  $(BUILD)/asan/run_tests --gtest_filter='-*Slow*:*Death*'
+
+# ---------------------------------------------------------------- GPU build (nvcc)
+train_moe: train_moe.cu $(HEADERS)
+	@if [ -z "$(NVCC)" ]; then echo "nvcc not found: install the CUDA toolkit to build the GPU binary"; exit 2; fi
+	$(NVCC) $(NVCC_FLAGS) -x cu $< -o $@ -lcublas -lcurand
+
+# every CUDA source through nvcc, so a kernel that only g++ accepts fails the suite
+nvcc-check:
+	@if [ -z "$(NVCC)" ]; then echo "nvcc not found: skipping the nvcc compile of the CUDA sources"; else \
+	  mkdir -p $(BUILD)/nvcc && set -e && for f in $(CUDA_SRCS); do \
+	    echo "nvcc $$f"; $(NVCC) $(NVCC_FLAGS) -x cu -c $$f -o $(BUILD)/nvcc/$$(basename $$f).o; done; fi
+
+# ---------------------------------------------------------------- top-level targets
+test: test-cpu nvcc-check test-asan
+
+clean:
+	rm -rf $(BUILD) train_moe train_moe_cpu

@@ -1,0 +1,34 @@
+// common.cuh: error checks and small helpers shared by every layer header.
+#pragma once
+#include <cstdio>
+#include <cstdlib>
+#include "simt/cuda.h"
+
+// A CUDA call that fails stops the program with the call's file and line.
+inline void cuda_check(cudaError_t error, const char* file, int line) {
+    if (error != cudaSuccess) {
+        fprintf(stderr, "[CUDA ERROR] at %s:%d: %s\n", file, line, cudaGetErrorString(error));
+        exit(EXIT_FAILURE);
+    }
+}
+#define CUDA_CHECK(call) cuda_check((call), __FILE__, __LINE__)
+
+inline void cublas_check(cublasStatus_t status, const char* file, int line) {
+    if (status != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "[cuBLAS ERROR] %d at %s:%d\n", (int)status, file, line);
+        exit(EXIT_FAILURE);
+    }
+}
+#define CUBLAS_CHECK(call) cublas_check((call), __FILE__, __LINE__)
+
+// After a launch: any configuration error (or, on the CPU layer, a fault inside the kernel).
+#define CUDA_CHECK_LAUNCH() cuda_check(cudaGetLastError(), __FILE__, __LINE__)
+
+inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+// One cuBLAS handle for the whole process (created on first use).
+inline cublasHandle_t cublas_handle() {
+    static cublasHandle_t handle = nullptr;
+    if (handle == nullptr) CUBLAS_CHECK(cublasCreate(&handle));
+    return handle;
+}
