@@ -21,6 +21,14 @@ inline void cublas_check(cublasStatus_t status, const char* file, int line) {
 }
 #define CUBLAS_CHECK(call) cublas_check((call), __FILE__, __LINE__)
 
+inline void curand_check(curandStatus_t status, const char* file, int line) {
+    if (status != CURAND_STATUS_SUCCESS) {
+        fprintf(stderr, "[cuRAND ERROR] %d at %s:%d\n", (int)status, file, line);
+        exit(EXIT_FAILURE);
+    }
+}
+#define CURAND_CHECK(call) curand_check((call), __FILE__, __LINE__)
+
 // After a launch: any configuration error (or, on the CPU layer, a fault inside the kernel).
 #define CUDA_CHECK_LAUNCH() cuda_check(cudaGetLastError(), __FILE__, __LINE__)
 
