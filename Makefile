@@ -41,13 +41,16 @@ HEADERS := $(wildcard *.cuh *.h simt/*.h data/*.h tests/*.h tests/*.cuh)
 TEST_SRCS := $(wildcard tests/test_*.cpp)
 CPU_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/cpu/tests/%.o,$(TEST_SRCS))
 ASAN_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/asan/tests/%.o,$(TEST_SRCS))
-CUDA_SRCS := train_moe.cu $(wildcard tests/*.cu)
 
-.PHONY: all test test-cpu test-asan nvcc-check train data bench clean help
+.PHONY: all deps test test-cpu test-asan nvcc-check train data bench clean help
 all: train_moe_cpu
 
 help:
 	@sed -n '2,9p' Makefile
+
+# installs missing Debian packages (or prints the exact apt-get line to run)
+deps:
+	@./deps.sh
 
 # ---------------------------------------------------------------- CPU build (g++ + SIMT layer)
 $(BUILD)/cpu/simt.o: simt/simt.cpp $(HEADERS)
@@ -65,7 +68,7 @@ train_moe_cpu: train_moe.cu $(HEADERS) $(BUILD)/cpu/simt.o
 	$(CXX) $(CPU_FLAGS) -x c++ $< -x none $(BUILD)/cpu/simt.o -o $@ $(CPU_LIBS)
 
 test-cpu: $(BUILD)/cpu/run_tests train_moe_cpu
-	$(BUILD)/cpu/run_tests
+	$(BUILD)/cpu/run_tests --gtest_output=json:$(BUILD)/cpu/results.json
 
 # ---------------------------------------------------------------- sanitizer build (ucontext fibers)
 $(BUILD)/asan/simt.o: simt/simt.cpp $(HEADERS)
@@ -82,7 +85,7 @@ $(BUILD)/asan/run_tests: $(ASAN_TEST_OBJS) $(BUILD)/asan/simt.o
 # The sanitizer run skips the slow whole-model tests (names containing "Slow").
 test-asan: $(BUILD)/asan/run_tests
 	ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	  $(BUILD)/asan/run_tests --gtest_filter='-*Slow*:*Death*'
+	  $(BUILD)/asan/run_tests --gtest_filter='-*Slow*:*Death*' --gtest_output=json:$(BUILD)/asan/results.json
 
 # ---------------------------------------------------------------- GPU build (nvcc)
 train_moe: train_moe.cu $(HEADERS)
@@ -90,13 +93,27 @@ train_moe: train_moe.cu $(HEADERS)
 	$(NVCC) $(NVCC_FLAGS) -x cu $< -o $@ -lcublas -lcurand
 
 # every CUDA source through nvcc, so a kernel that only g++ accepts fails the suite
+NVCC_OBJS := $(BUILD)/nvcc/train_moe.o $(patsubst tests/%.cu,$(BUILD)/nvcc/tests/%.o,$(wildcard tests/*.cu))
+$(BUILD)/nvcc/train_moe.o: train_moe.cu $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -x cu -c $< -o $@
+$(BUILD)/nvcc/tests/%.o: tests/%.cu $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCC_FLAGS) -x cu -c $< -o $@
+
 nvcc-check:
-	@if [ -z "$(NVCC)" ]; then echo "nvcc not found: skipping the nvcc compile of the CUDA sources"; else \
-	  mkdir -p $(BUILD)/nvcc && set -e && for f in $(CUDA_SRCS); do \
-	    echo "nvcc $$f"; $(NVCC) $(NVCC_FLAGS) -x cu -c $$f -o $(BUILD)/nvcc/$$(basename $$f).o; done; fi
+	@if [ -z "$(NVCC)" ]; then echo "nvcc not found: skipping the nvcc compile of the CUDA sources"; \
+	 else $(MAKE) --no-print-directory $(NVCC_OBJS); fi
 
 # ---------------------------------------------------------------- top-level targets
-test: test-cpu nvcc-check test-asan
+# The stages run one after another (each builds with -j2) so the output reads in order.
+test: deps
+	@$(MAKE) --no-print-directory -j2 test-cpu
+	@$(MAKE) --no-print-directory -j2 nvcc-check
+	@$(MAKE) --no-print-directory -j2 test-asan
+	@passed=0; failed=0; for r in $(BUILD)/cpu/results.json $(BUILD)/asan/results.json; do \
+	  n=$$(grep -m1 -o '"tests": [0-9]*' $$r | grep -o '[0-9]*'); f=$$(grep -m1 -o '"failures": [0-9]*' $$r | grep -o '[0-9]*'); \
+	  passed=$$((passed + n - f)); failed=$$((failed + f)); done; echo "$$passed passed, $$failed failed"
 
 clean:
 	rm -rf $(BUILD) train_moe train_moe_cpu
