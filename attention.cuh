@@ -1,0 +1,174 @@
+// attention.cuh: causal multi-head self-attention (MODEL_SPEC forward step 2), llm.c style.
+//
+// qkv (B,T,3C) is the c_attn output: q, k, v are its three C-wide thirds, head h uses columns
+// h*hs .. (h+1)*hs-1 of each (hs = C/NH). Per head, with scale = 1/sqrt(hs):
+//   preatt = q k^T              (T,T)   cuBLAS, strided-batched over the B*NH heads
+//   att    = causal_softmax(scale * preatt)   our kernel; masked entries (key > query) exactly 0
+//   y      = att v              (T,hs)  cuBLAS, written straight into out (B,T,C)
+// Backward, with dy the head's slice of dout and dpreatt = scale * softmax'(datt):
+//   datt = dy v^T,  dv = att^T dy,  dq = dpreatt k,  dk = dpreatt^T q
+//
+// Layouts. qkvr (3,B,NH,T,hs) holds q, k, v permuted so each head is a contiguous (T,hs) matrix.
+// The products that touch out/dout/dqkv address the head slices in place instead of permuting:
+// head h of sequence b is the (T,hs) matrix at column h*hs with leading dimension C (or 3C), and
+// consecutive heads are hs floats apart, so one strided-batched call covers the NH heads of a
+// sequence. cuBLAS is column-major: a row-major (R,K) matrix is its transpose with leading dim K.
+#pragma once
+#include <cmath>
+#include "common.cuh"
+
+// qkvr[which,b,h,t,d] = qkv[b,t, which*C + h*hs + d]   (which = 0,1,2 for q,k,v)
+// Grid-stride over the 3*B*T*C outputs; consecutive threads move consecutive d (coalesced).
+__global__ void attention_permute_kernel(float* qkvr,       // (3,B,NH,T,hs)
+                                         const float* qkv,  // (B,T,3C)
+                                         int B, int T, int C, int NH) {
+    const int hs = C / NH;
+    const long n = 3L * B * T * C;
+    const long stride = (long)gridDim.x * blockDim.x;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const int d = (int)(i % hs);
+        long rest = i / hs;
+        const int t = (int)(rest % T);
+        rest /= T;
+        const int h = (int)(rest % NH);
+        rest /= NH;
+        const int b = (int)(rest % B);
+        const int which = (int)(rest / B);
+        qkvr[i] = qkv[((long)b * T + t) * 3 * C + which * C + h * hs + d];
+    }
+}
+
+// att[t,j] = exp(scale*pre[t,j] - max) / sum_{j'<=t} exp(scale*pre[t,j'] - max) for j <= t, 0 for j > t
+// One warp per row (b,h,t), in place (each lane reads and writes only its own columns).
+__global__ void attention_softmax_kernel(float* att,  // (B*NH,T,T) in: q k^T, out: probabilities
+                                         int rows, int T, float scale) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;  // a whole warp leaves together
+    const int t = row % T;     // query position: keys 0..t are visible
+    float* a = att + (long)row * T;
+
+    float maxval = -INFINITY;
+    for (int j = lane; j <= t; j += 32) maxval = fmaxf(maxval, a[j]);
+    for (int offset = 16; offset > 0; offset /= 2) maxval = fmaxf(maxval, __shfl_xor_sync(0xffffffff, maxval, offset));
+    maxval *= scale;  // scale > 0, so max(scale * x) = scale * max(x)
+
+    float sum = 0.0f;
+    for (int j = lane; j <= t; j += 32) sum += expf(scale * a[j] - maxval);
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    const float inv_sum = 1.0f / sum;
+
+    for (int j = lane; j < T; j += 32) a[j] = j <= t ? expf(scale * a[j] - maxval) * inv_sum : 0.0f;
+}
+
+// dpre[t,j] = scale * att[t,j] * (datt[t,j] - sum_{j'<=t} att[t,j'] datt[t,j'])  for j <= t, 0 for j > t
+// One warp per row, in place on datt.
+__global__ void attention_softmax_backward_kernel(float* datt,       // (B*NH,T,T) in: datt, out: dpreatt
+                                                  const float* att,  // (B*NH,T,T)
+                                                  int rows, int T, float scale) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= rows) return;
+    const int t = row % T;
+    float* d = datt + (long)row * T;
+    const float* a = att + (long)row * T;
+
+    float dot = 0.0f;
+    for (int j = lane; j <= t; j += 32) dot += a[j] * d[j];
+    for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffff, dot, offset);
+
+    for (int j = lane; j < T; j += 32) d[j] = j <= t ? scale * a[j] * (d[j] - dot) : 0.0f;
+}
+
+// Floats of scratch attention_backward needs: datt (B,NH,T,T). (The gradients of q, k, v are
+// written straight into dqkv, so no permuted (3,B,NH,T,hs) buffer is needed.)
+inline size_t attention_scratch_floats(int B, int T, int C, int NH) {
+    (void)C;
+    return (size_t)B * NH * T * T;
+}
+
+inline void attention_forward(float* out,        // (B,T,C)
+                              float* qkvr,       // (3,B,NH,T,hs) scratch kept for backward
+                              float* att,        // (B,NH,T,T) softmax probs kept for backward
+                              const float* qkv,  // (B,T,3C)
+                              int B, int T, int C, int NH) {
+    if ((long)B * T * C <= 0) return;
+    const int hs = C / NH;
+    const long head = (long)T * hs;  // floats of one head's q (or k, v) in qkvr
+    const float* q = qkvr;           // (B,NH,T,hs)
+    const float* k = qkvr + (long)B * NH * head;
+    const float* v = qkvr + 2L * B * NH * head;
+    const float one = 1.0f, zero = 0.0f;
+    const int block = 256;
+
+    LAUNCH(attention_permute_kernel, ceil_div(3L * B * T * C, block * 16L), block, 0, 0, qkvr, qkv, B, T, C, NH);
+    CUDA_CHECK_LAUNCH();
+
+    // preatt = q k^T: column-major (Tk,Tq) = k (Tk,hs) . q^T (hs,Tq), i.e. row-major (Tq,Tk)
+    CUBLAS_CHECK(cublasSgemmStridedBatched(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs,
+                                           &one, k, hs, head, q, hs, head, &zero, att, T, (long)T * T, B * NH));
+
+    const int rows = B * NH * T, rows_per_block = 4;
+    LAUNCH(attention_softmax_kernel, ceil_div(rows, rows_per_block), rows_per_block * 32, 0, 0,
+           att, rows, T, 1.0f / sqrtf((float)hs));
+    CUDA_CHECK_LAUNCH();
+
+    // y = att v per sequence: column-major (hs,Tq) = v^T (hs,Tk) . att^T (Tk,Tq), written into out
+    // at column h*hs with leading dimension C (the unpermute is folded into the output layout)
+    for (int b = 0; b < B; b++) {
+        CUBLAS_CHECK(cublasSgemmStridedBatched(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T,
+                                               &one, v + (long)b * NH * head, hs, head,
+                                               att + (long)b * NH * T * T, T, (long)T * T,
+                                               &zero, out + (long)b * T * C, C, hs, NH));
+    }
+}
+
+inline void attention_backward(float* dqkv,         // (B,T,3C) overwritten
+                               float* scratch,      // (attention_scratch_floats) = datt (B,NH,T,T)
+                               const float* dout,   // (B,T,C)
+                               const float* qkvr,   // (3,B,NH,T,hs) from attention_forward
+                               const float* att,    // (B,NH,T,T) from attention_forward
+                               int B, int T, int C, int NH) {
+    if ((long)B * T * C <= 0) return;
+    const int hs = C / NH;
+    const long head = (long)T * hs;
+    const float* q = qkvr;  // (B,NH,T,hs)
+    const float* k = qkvr + (long)B * NH * head;
+    const float* v = qkvr + 2L * B * NH * head;
+    float* datt = scratch;  // (B,NH,T,T), becomes dpreatt in place
+    const float one = 1.0f, zero = 0.0f;
+    cublasHandle_t handle = cublas_handle();
+
+    for (int b = 0; b < B; b++) {
+        const float* dy = dout + (long)b * T * C;  // head h: (T,hs) at column h*hs, leading dim C
+        const float* v_b = v + (long)b * NH * head;
+        const float* att_b = att + (long)b * NH * T * T;
+        float* datt_b = datt + (long)b * NH * T * T;
+        float* dv = dqkv + (long)b * T * 3 * C + 2 * C;  // head h: (T,hs) at column 2C + h*hs, leading dim 3C
+        // datt = dy v^T: column-major (Tk,Tq) = v (Tk,hs) . dy^T (hs,Tq)
+        CUBLAS_CHECK(cublasSgemmStridedBatched(handle, CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs,
+                                               &one, v_b, hs, head, dy, C, hs, &zero, datt_b, T, (long)T * T, NH));
+        // dv = att^T dy: column-major (hs,Tk) = dy^T (hs,Tq) . att (Tq,Tk)
+        CUBLAS_CHECK(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T,
+                                               &one, dy, C, hs, att_b, T, (long)T * T, &zero, dv, 3 * C, hs, NH));
+    }
+
+    const int rows = B * NH * T, rows_per_block = 4;
+    LAUNCH(attention_softmax_backward_kernel, ceil_div(rows, rows_per_block), rows_per_block * 32, 0, 0,
+           datt, att, rows, T, 1.0f / sqrtf((float)hs));
+    CUDA_CHECK_LAUNCH();
+
+    for (int b = 0; b < B; b++) {
+        const float* dpre_b = datt + (long)b * NH * T * T;
+        const float* q_b = q + (long)b * NH * head;
+        const float* k_b = k + (long)b * NH * head;
+        float* dq = dqkv + (long)b * T * 3 * C;      // leading dim 3C
+        float* dk = dqkv + (long)b * T * 3 * C + C;  // leading dim 3C
+        // dq = dpreatt k: column-major (hs,Tq) = k^T (hs,Tk) . dpreatt^T (Tk,Tq)
+        CUBLAS_CHECK(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_N, hs, T, T,
+                                               &one, k_b, hs, head, dpre_b, T, (long)T * T, &zero, dq, 3 * C, hs, NH));
+        // dk = dpreatt^T q: column-major (hs,Tk) = q^T (hs,Tq) . dpreatt (Tq,Tk)
+        CUBLAS_CHECK(cublasSgemmStridedBatched(handle, CUBLAS_OP_N, CUBLAS_OP_T, hs, T, T,
+                                               &one, q_b, hs, head, dpre_b, T, (long)T * T, &zero, dk, 3 * C, hs, NH));
+    }
+}

@@ -1,0 +1,70 @@
+// classifier.cuh: the loss head (MODEL_SPEC forward steps 3-4). The logits themselves are a
+// matmul (lnf(x) wte^T, weights tied); here: fused softmax + cross-entropy with its gradient,
+// and the mean of the per-position losses.
+#pragma once
+#include <cmath>
+#include "common.cuh"
+
+// per row n, with m = max_j logits[n,j] and S = sum_j exp(logits[n,j] - m):
+//   losses[n] = log S + m - logits[n, target]
+//   dlogits[n,j] = (exp(logits[n,j] - m) / S - [j == target]) * dloss
+// One warp per row: lanes stride over V (coalesced), shuffle reductions for max and sum.
+__global__ void crossentropy_forward_backward_kernel(float* losses,          // (N)
+                                                     float* dlogits,         // (N,V) or nullptr
+                                                     const float* logits,    // (N,V)
+                                                     const int* targets,     // (N)
+                                                     int N, int V, float dloss) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= N) return;  // a whole warp leaves together
+    const float* l = logits + (long)row * V;
+    const int target = targets[row];
+
+    float maxval = -INFINITY;
+    for (int j = lane; j < V; j += 32) maxval = fmaxf(maxval, l[j]);
+    for (int offset = 16; offset > 0; offset /= 2) maxval = fmaxf(maxval, __shfl_xor_sync(0xffffffff, maxval, offset));
+
+    float sum = 0.0f;
+    for (int j = lane; j < V; j += 32) sum += expf(l[j] - maxval);
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+
+    if (lane == 0) losses[row] = logf(sum) + maxval - l[target];
+    if (dlogits != nullptr) {
+        const float inv_sum = 1.0f / sum;
+        float* dl = dlogits + (long)row * V;
+        for (int j = lane; j < V; j += 32) {
+            const float p = expf(l[j] - maxval) * inv_sum;
+            dl[j] = (p - (j == target ? 1.0f : 0.0f)) * dloss;
+        }
+    }
+}
+
+// out[0] = sum_i x[i] / n
+// A single warp: lane l sums x[l], x[l+32], ... in order, then a shuffle tree; deterministic.
+__global__ void mean_forward_kernel(float* out,      // (1)
+                                    const float* x,  // (n)
+                                    int n) {
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < n; i += 32) sum += x[i];
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    if (threadIdx.x == 0) out[0] = n > 0 ? sum / n : 0.0f;
+}
+
+inline void crossentropy_forward_backward(float* losses,        // (N)
+                                          float* dlogits,       // (N,V) overwritten, = (softmax - onehot) * dloss; nullptr = forward only
+                                          const float* logits,  // (N,V)
+                                          const int* targets,   // (N)
+                                          int N, int V, float dloss /* = 1/N */) {
+    if (N <= 0) return;
+    const int rows_per_block = 4;  // one warp per row
+    LAUNCH(crossentropy_forward_backward_kernel, ceil_div(N, rows_per_block), rows_per_block * 32, 0, 0,
+           losses, dlogits, logits, targets, N, V, dloss);
+    CUDA_CHECK_LAUNCH();
+}
+
+inline void mean_forward(float* out,      // (1)
+                         const float* x,  // (n)
+                         int n) {
+    LAUNCH(mean_forward_kernel, 1, 32, 0, 0, out, x, n);
+    CUDA_CHECK_LAUNCH();
+}

@@ -1,0 +1,89 @@
+// encoder.cuh: the embedding layer, MODEL_SPEC forward step 1: x = wte[idx] + wpe[t].
+//
+// Forward is a gather; backward is a scatter-add, done without float atomics: every gradient row
+// is summed by one owner in a fixed order, so the result does not depend on scheduling.
+#pragma once
+#include "common.cuh"
+
+// out[b,t,c] = wte[idx[b,t], c] + wpe[t, c]
+// Grid-stride over the B*T*C outputs (coalesced in c); each thread handles ~16 elements.
+__global__ void encoder_forward_kernel(float* out,        // (B,T,C)
+                                       const int* idx,    // (B,T)
+                                       const float* wte,  // (V,C)
+                                       const float* wpe,  // (maxT,C)
+                                       int B, int T, int C) {
+    const long n = (long)B * T * C;
+    const long stride = (long)gridDim.x * blockDim.x;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const long bt = i / C;
+        const int c = (int)(i % C);
+        const int t = (int)(bt % T);
+        out[i] = wte[(long)idx[bt] * C + c] + wpe[(long)t * C + c];
+    }
+}
+
+// dwte[v,c] += sum over positions n with idx[n] == v (in token order) of dout[n,c]
+// One 32-thread block per vocabulary row; lane l owns channels l, l+32, ... and scans the tokens
+// in order (idx[n] is a broadcast read), so each sum has a fixed order. Work is O(V*N) index
+// compares, cheap for a character vocabulary.
+__global__ void encoder_backward_wte_kernel(float* dwte,         // (V,C) +=
+                                            const float* dout,   // (B,T,C)
+                                            const int* idx,      // (B,T)
+                                            int N, int C) {
+    const int v = blockIdx.x;
+    for (int c0 = 0; c0 < C; c0 += 32 * 4) {
+        // four channels per lane per pass keep the index scan short for C <= 128
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int n = 0; n < N; n++) {
+            if (idx[n] != v) continue;
+            const float* d = dout + (long)n * C;
+            for (int k = 0; k < 4; k++) {
+                const int c = c0 + k * 32 + threadIdx.x;
+                if (c < C) acc[k] += d[c];
+            }
+        }
+        for (int k = 0; k < 4; k++) {
+            const int c = c0 + k * 32 + threadIdx.x;
+            if (c < C) dwte[(long)v * C + c] += acc[k];
+        }
+    }
+}
+
+// dwpe[t,c] += sum_b dout[b,t,c]
+// Grid-stride over the T*C outputs (coalesced in c); each thread sums its column over b in order.
+__global__ void encoder_backward_wpe_kernel(float* dwpe,        // (maxT,C) +=, rows 0..T-1 touched
+                                            const float* dout,  // (B,T,C)
+                                            int B, int T, int C) {
+    const long n = (long)T * C;
+    const long stride = (long)gridDim.x * blockDim.x;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float acc = 0.0f;
+        for (int b = 0; b < B; b++) acc += dout[(long)b * n + i];
+        dwpe[i] += acc;
+    }
+}
+
+inline void encoder_forward(float* out,        // (B,T,C)
+                            const int* idx,    // (B,T)
+                            const float* wte,  // (V,C)
+                            const float* wpe,  // (maxT,C)
+                            int B, int T, int C) {
+    const long n = (long)B * T * C;
+    if (n <= 0) return;
+    const int block = 256;
+    LAUNCH(encoder_forward_kernel, ceil_div(n, block * 16L), block, 0, 0, out, idx, wte, wpe, B, T, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+inline void encoder_backward(float* dwte,        // (V,C) +=
+                             float* dwpe,        // (maxT,C) +=
+                             const float* dout,  // (B,T,C)
+                             const int* idx,     // (B,T)
+                             int B, int T, int C, int V) {
+    if ((long)B * T * C <= 0) return;
+    LAUNCH(encoder_backward_wte_kernel, V, 32, 0, 0, dwte, dout, idx, B * T, C);
+    CUDA_CHECK_LAUNCH();
+    const int block = 256;
+    LAUNCH(encoder_backward_wpe_kernel, ceil_div((long)T * C, block * 8L), block, 0, 0, dwpe, dout, B, T, C);
+    CUDA_CHECK_LAUNCH();
+}

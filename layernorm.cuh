@@ -1,0 +1,153 @@
+// layernorm.cuh: LayerNorm over the last dimension C (MODEL_SPEC: biased variance, eps = 1e-5,
+// weight and bias), forward and backward.
+//
+// Both row kernels use one warp per row: lanes stride over C (coalesced), statistics come from
+// butterfly __shfl_xor_sync reductions, after which every lane holds the same bits. Parameter
+// gradients are column sums over the N rows, done by a separate deterministic kernel.
+#pragma once
+#include "common.cuh"
+
+// mean = sum_c x_c / C,  rstd = 1 / sqrt(sum_c (x_c - mean)^2 / C + 1e-5)
+// out_c = (x_c - mean) * rstd * weight_c + bias_c
+__global__ void layernorm_forward_kernel(float* out,           // (N,C)
+                                         float* mean,          // (N) or nullptr
+                                         float* rstd,          // (N) or nullptr
+                                         const float* inp,     // (N,C)
+                                         const float* weight,  // (C)
+                                         const float* bias,    // (C)
+                                         int N, int C) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= N) return;  // a whole warp leaves together
+    const float* x = inp + (long)row * C;
+
+    float sum = 0.0f;
+    for (int c = lane; c < C; c += 32) sum += x[c];
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    const float m = sum / C;
+
+    float sumsq = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        const float d = x[c] - m;
+        sumsq += d * d;
+    }
+    for (int offset = 16; offset > 0; offset /= 2) sumsq += __shfl_xor_sync(0xffffffff, sumsq, offset);
+    const float s = 1.0f / sqrtf(sumsq / C + 1e-5f);
+
+    float* y = out + (long)row * C;
+    for (int c = lane; c < C; c += 32) y[c] = (x[c] - m) * s * weight[c] + bias[c];
+    if (lane == 0) {
+        if (mean != nullptr) mean[row] = m;
+        if (rstd != nullptr) rstd[row] = s;
+    }
+}
+
+// norm_c = (x_c - mean) * rstd,  dnorm_c = weight_c * dout_c
+// dinp_c += rstd * (dnorm_c - mean_c'(dnorm) - norm_c * mean_c'(dnorm * norm))
+__global__ void layernorm_backward_dinp_kernel(float* dinp,          // (N,C) +=
+                                               const float* dout,    // (N,C)
+                                               const float* inp,     // (N,C)
+                                               const float* weight,  // (C)
+                                               const float* mean,    // (N)
+                                               const float* rstd,    // (N)
+                                               int N, int C) {
+    const int lane = threadIdx.x % 32;
+    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    if (row >= N) return;
+    const float* x = inp + (long)row * C;
+    const float* dy = dout + (long)row * C;
+    const float m = mean[row];
+    const float s = rstd[row];
+
+    float dnorm_sum = 0.0f, dnorm_norm_sum = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        const float dnorm = weight[c] * dy[c];
+        dnorm_sum += dnorm;
+        dnorm_norm_sum += dnorm * (x[c] - m) * s;
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+        dnorm_sum += __shfl_xor_sync(0xffffffff, dnorm_sum, offset);
+        dnorm_norm_sum += __shfl_xor_sync(0xffffffff, dnorm_norm_sum, offset);
+    }
+    const float dnorm_mean = dnorm_sum / C;
+    const float dnorm_norm_mean = dnorm_norm_sum / C;
+
+    float* dx = dinp + (long)row * C;
+    for (int c = lane; c < C; c += 32) {
+        const float norm = (x[c] - m) * s;
+        dx[c] += s * (weight[c] * dy[c] - dnorm_mean - norm * dnorm_norm_mean);
+    }
+}
+
+// dweight_c += sum_n dout[n,c] * norm[n,c],  dbias_c += sum_n dout[n,c]
+// Block = 32 channels x 8 row groups (256 threads): thread (g, lane) sums rows g, g+8, ... of its
+// channel in order (a warp reads 32 consecutive floats per row), then the 8 partials are added in
+// group order. Deterministic, no atomics.
+__global__ void layernorm_backward_params_kernel(float* dweight,      // (C) +=
+                                                 float* dbias,        // (C) +=
+                                                 const float* dout,   // (N,C)
+                                                 const float* inp,    // (N,C)
+                                                 const float* mean,   // (N)
+                                                 const float* rstd,   // (N)
+                                                 int N, int C) {
+    const int lane = threadIdx.x % 32;
+    const int group = threadIdx.x / 32;
+    const int groups = blockDim.x / 32;
+    const int c = blockIdx.x * 32 + lane;
+    float* partial = dynamic_shared<float>();  // (2, groups, 32): dweight partials, then dbias
+
+    float dw = 0.0f, db = 0.0f;
+    if (c < C) {
+        for (int n = group; n < N; n += groups) {
+            const float dy = dout[(long)n * C + c];
+            dw += dy * (inp[(long)n * C + c] - mean[n]) * rstd[n];
+            db += dy;
+        }
+    }
+    partial[group * 32 + lane] = dw;
+    partial[(groups + group) * 32 + lane] = db;
+    __syncthreads();
+    if (group == 0 && c < C) {
+        float sum_dw = 0.0f, sum_db = 0.0f;
+        for (int g = 0; g < groups; g++) {
+            sum_dw += partial[g * 32 + lane];
+            sum_db += partial[(groups + g) * 32 + lane];
+        }
+        dweight[c] += sum_dw;
+        dbias[c] += sum_db;
+    }
+}
+
+inline void layernorm_forward(float* out,           // (N,C)
+                              float* mean,          // (N)
+                              float* rstd,          // (N)
+                              const float* inp,     // (N,C)
+                              const float* weight,  // (C)
+                              const float* bias,    // (C)
+                              int N, int C) {
+    if (N <= 0) return;
+    const int rows_per_block = 4;  // one warp per row
+    LAUNCH(layernorm_forward_kernel, ceil_div(N, rows_per_block), rows_per_block * 32, 0, 0,
+           out, mean, rstd, inp, weight, bias, N, C);
+    CUDA_CHECK_LAUNCH();
+}
+
+inline void layernorm_backward(float* dinp,          // (N,C) +=, accumulates (residual stream)
+                               float* dweight,       // (C) +=
+                               float* dbias,         // (C) +=
+                               const float* dout,    // (N,C)
+                               const float* inp,     // (N,C)
+                               const float* weight,  // (C)
+                               const float* mean,    // (N)
+                               const float* rstd,    // (N)
+                               int N, int C) {
+    if (N <= 0) return;
+    const int rows_per_block = 4;
+    LAUNCH(layernorm_backward_dinp_kernel, ceil_div(N, rows_per_block), rows_per_block * 32, 0, 0,
+           dinp, dout, inp, weight, mean, rstd, N, C);
+    CUDA_CHECK_LAUNCH();
+    const int groups = 8;
+    LAUNCH(layernorm_backward_params_kernel, ceil_div(C, 32), groups * 32, 2 * groups * 32 * sizeof(float), 0,
+           dweight, dbias, dout, inp, mean, rstd, N, C);
+    CUDA_CHECK_LAUNCH();
+}

@@ -1,0 +1,91 @@
+// matmul.cuh: the linear layer out = inp W^T + b, W stored [out, in] (PyTorch layout), and its
+// backward. The products go through cuBLAS; only the bias is a kernel of our own.
+//
+// cuBLAS is column-major. A row-major (R,K) matrix is, read column-major, its transpose (K,R) with
+// leading dimension K, so every row-major product below is issued as its transpose:
+//   out = inp W^T        <=>  out^T (OC,N) = W (OC,IC) . inp^T (IC,N)
+//   dinp = dout W        <=>  dinp^T (IC,N) = W^T (IC,OC) . dout^T (OC,N)
+//   dweight += dout^T inp <=> dweight^T (IC,OC) += inp^T (IC,N) . dout (N,OC)
+#pragma once
+#include "common.cuh"
+
+// out[n,o] += bias[o]
+// Grid-stride over the N*OC elements (coalesced in o); each thread handles ~16 of them.
+__global__ void add_bias_kernel(float* out,         // (N,OC)
+                                const float* bias,  // (OC)
+                                int N, int OC) {
+    const long n = (long)N * OC;
+    const long stride = (long)gridDim.x * blockDim.x;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) out[i] += bias[i % OC];
+}
+
+// dbias[o] += sum_n dout[n,o]
+// Block = 32 columns x 8 row groups (256 threads): thread (g, lane) sums rows g, g+8, ... of its
+// column in order (a warp reads 32 consecutive floats per row), then the 8 partials are added in
+// group order. Deterministic, no atomics.
+__global__ void bias_backward_kernel(float* dbias,        // (OC) +=
+                                     const float* dout,   // (N,OC)
+                                     int N, int OC) {
+    const int lane = threadIdx.x % 32;
+    const int group = threadIdx.x / 32;
+    const int groups = blockDim.x / 32;
+    const int o = blockIdx.x * 32 + lane;
+    float* partial = dynamic_shared<float>();  // (groups, 32)
+
+    float acc = 0.0f;
+    if (o < OC) {
+        for (int n = group; n < N; n += groups) acc += dout[(long)n * OC + o];
+    }
+    partial[group * 32 + lane] = acc;
+    __syncthreads();
+    if (group == 0 && o < OC) {
+        float sum = 0.0f;
+        for (int g = 0; g < groups; g++) sum += partial[g * 32 + lane];
+        dbias[o] += sum;
+    }
+}
+
+inline void bias_backward(float* dbias,       // (OC) +=
+                          const float* dout,  // (N,OC)
+                          int N, int OC) {
+    if (OC <= 0) return;
+    const int groups = 8;
+    LAUNCH(bias_backward_kernel, ceil_div(OC, 32), groups * 32, groups * 32 * sizeof(float), 0, dbias, dout, N, OC);
+    CUDA_CHECK_LAUNCH();
+}
+
+inline void matmul_forward(float* out,           // (N,OC)
+                           const float* inp,     // (N,IC)
+                           const float* weight,  // (OC,IC)
+                           const float* bias,    // (OC) or nullptr
+                           int N, int IC, int OC) {
+    if ((long)N * OC <= 0) return;
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasSgemm(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC,
+                             &one, weight, IC, inp, IC, &zero, out, OC));
+    if (bias != nullptr) {
+        const long n = (long)N * OC;
+        const int block = 256;
+        LAUNCH(add_bias_kernel, ceil_div(n, block * 16L), block, 0, 0, out, bias, N, OC);
+        CUDA_CHECK_LAUNCH();
+    }
+}
+
+inline void matmul_backward(float* dinp,          // (N,IC) overwritten; nullptr = skip
+                            float* dweight,       // (OC,IC) +=
+                            float* dbias,         // (OC) += or nullptr
+                            const float* dout,    // (N,OC)
+                            const float* inp,     // (N,IC)
+                            const float* weight,  // (OC,IC)
+                            int N, int IC, int OC) {
+    const float one = 1.0f, zero = 0.0f;
+    if (dinp != nullptr && (long)N * IC > 0) {
+        CUBLAS_CHECK(cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_N, IC, N, OC,
+                                 &one, weight, IC, dout, OC, &zero, dinp, IC));
+    }
+    if (N > 0 && (long)IC * OC > 0) {
+        CUBLAS_CHECK(cublasSgemm(cublas_handle(), CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, N,
+                                 &one, inp, IC, dout, OC, &one, dweight, IC));
+    }
+    if (dbias != nullptr) bias_backward(dbias, dout, N, OC);
+}
