@@ -27,11 +27,11 @@ ifeq ($(FIBERS),ucontext)
 else
   FIBER_LIB := -lboost_context
 endif
-CPU_LIBS := $(FIBER_LIB) -lopenblas $(CURAND_LIB) -lpthread
+CPU_LIBS := $(FIBER_LIB) -lopenblas $(CURAND_LIB) -lstb -lpthread
 
 ASAN_FLAGS := -std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
               $(WARN) -I. -I/usr/include/x86_64-linux-gnu -DSIMT_FIBERS_UCONTEXT $(CURAND_FLAG)
-ASAN_LIBS := -lopenblas $(CURAND_LIB) -lpthread
+ASAN_LIBS := -lopenblas $(CURAND_LIB) -lstb -lpthread
 
 NVCC_FLAGS := -std=c++20 -O3 -I. --expt-relaxed-constexpr \
               -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
