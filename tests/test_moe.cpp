@@ -1,0 +1,757 @@
+// tests/test_moe.cpp: the MoE layer (moe_layer.cuh) through the SIMT layer, against tests/reference_moe.h.
+//
+//  - every stage kernel, forward and backward, against its ref_moe_<stage>;
+//  - the whole moe_forward / moe_backward against the token-by-token reference over a grid of
+//    configurations (E, K, capacity factor, shared experts, noise), routing decisions exact;
+//  - finite differences of the reference backward in double (routing held fixed: asserted);
+//  - capacity drops that follow the priority rule, ties, aux = 1 for uniform routing;
+//  - bit-identical results for 1 and 2 worker threads and shuffled thread order;
+//  - no device-to-host copy and no synchronisation inside forward + backward.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "moe_layer.cuh"
+#include "tests/reference_moe.h"
+
+namespace {
+
+// ---------------------------------------------------------------- device memory helpers
+
+template <typename T>
+T* dalloc(size_t n) {
+    T* p = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
+    return p;
+}
+template <typename T>
+void upload(T* d, const std::vector<T>& h) {
+    if (!h.empty()) CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
+}
+template <typename T>
+std::vector<T> download(const T* d, size_t n) {
+    std::vector<T> h(n);
+    if (n > 0) CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
+    return h;
+}
+
+void fill_uniform(std::vector<float>& v, std::mt19937& rng, float lo, float hi) {
+    std::uniform_real_distribution<float> dist(lo, hi);
+    for (auto& x : v) x = dist(rng);
+}
+void fill_normal(std::vector<float>& v, std::mt19937& rng) {
+    std::normal_distribution<float> dist(0.0f, 1.0f);
+    for (auto& x : v) x = dist(rng);
+}
+
+// |got - want| <= rtol * (|want| + rms(want)) elementwise: float rounding, relative to the element
+// and to the tensor's typical size (an element that is a near-cancelling sum carries the error of its terms).
+::testing::AssertionResult all_close(const std::vector<float>& got, const std::vector<float>& want, double rtol) {
+    if (got.size() != want.size()) return ::testing::AssertionFailure() << "size " << got.size() << " vs " << want.size();
+    double rms = 0.0;
+    for (float w : want) rms += (double)w * w;
+    rms = want.empty() ? 0.0 : std::sqrt(rms / want.size());
+    for (size_t i = 0; i < got.size(); i++) {
+        double tol = rtol * (std::abs((double)want[i]) + rms);
+        if (!(std::abs((double)got[i] - want[i]) <= tol))
+            return ::testing::AssertionFailure() << "element " << i << ": got " << got[i] << ", want " << want[i]
+                                                 << " (tol " << tol << ", rms " << rms << ")";
+    }
+    return ::testing::AssertionSuccess();
+}
+
+// ---------------------------------------------------------------- a layer on the device
+
+struct MoeFixture {
+    MoeConfig cfg{};
+    RefMoeParams<float> w;         // host weights (what upload_weights copies)
+    std::vector<float> u, dout, eps;
+    float* weight_base = nullptr;
+    float* grad_base = nullptr;
+    MoeWeights dw{}, dg{};
+    float *d_u = nullptr, *d_dout = nullptr, *d_out = nullptr, *d_du = nullptr, *act_floats = nullptr;
+    int* act_ints = nullptr;
+    MoeActivations acts{};
+
+    // Weights, u and dout at random (seeded); router weights scaled so routing is far from uniform.
+    MoeFixture(int N, int C, int E, int K, int F, int S, int Fs, double cf, bool noise, unsigned seed) {
+        cfg.N = N, cfg.C = C, cfg.E = E, cfg.K = K, cfg.F = F, cfg.S = S, cfg.Fs = Fs;
+        cfg.capacity_factor = cf, cfg.noise = noise;
+        moe_config_finalize(cfg);
+        w = RefMoeParams<float>(cfg);
+        std::mt19937 rng(seed);
+        fill_uniform(w.router, rng, -0.6f, 0.6f);
+        fill_uniform(w.noise, rng, -0.4f, 0.4f);
+        fill_uniform(w.fc_w, rng, -0.3f, 0.3f);
+        fill_uniform(w.fc_b, rng, -0.1f, 0.1f);
+        fill_uniform(w.proj_w, rng, -0.3f, 0.3f);
+        fill_uniform(w.proj_b, rng, -0.1f, 0.1f);
+        fill_uniform(w.shared_fc_w, rng, -0.3f, 0.3f);
+        fill_uniform(w.shared_fc_b, rng, -0.1f, 0.1f);
+        fill_uniform(w.shared_proj_w, rng, -0.3f, 0.3f);
+        fill_uniform(w.shared_proj_b, rng, -0.1f, 0.1f);
+        u.resize((size_t)N * C);
+        dout.resize((size_t)N * C);
+        eps.resize((size_t)N * E);
+        fill_uniform(u, rng, -1.0f, 1.0f);
+        fill_uniform(dout, rng, -1.0f / N, 1.0f / N);
+        fill_normal(eps, rng);
+
+        size_t total = 0;
+        w.for_each([&](const char*, std::vector<float>& v) { total += v.size(); });
+        weight_base = dalloc<float>(total);
+        grad_base = dalloc<float>(total);
+        dw = views(weight_base);
+        dg = views(grad_base);
+        d_u = dalloc<float>(u.size());
+        d_dout = dalloc<float>(dout.size());
+        d_out = dalloc<float>(u.size());
+        d_du = dalloc<float>(u.size());
+        act_floats = dalloc<float>(moe_activation_floats(cfg));
+        act_ints = dalloc<int>(moe_activation_ints(cfg));
+        moe_activation_views(acts, act_floats, act_ints, cfg);
+        upload_all();
+    }
+    ~MoeFixture() {
+        for (void* p : {(void*)weight_base, (void*)grad_base, (void*)d_u, (void*)d_dout, (void*)d_out, (void*)d_du,
+                        (void*)act_floats, (void*)act_ints})
+            cudaFree(p);
+    }
+    MoeFixture(const MoeFixture&) = delete;
+    MoeFixture& operator=(const MoeFixture&) = delete;
+
+    MoeWeights views(float* base) {
+        MoeWeights v{};
+        float** fields[] = {&v.router, &v.noise, &v.fc_w, &v.fc_b, &v.proj_w, &v.proj_b,
+                            &v.shared_fc_w, &v.shared_fc_b, &v.shared_proj_w, &v.shared_proj_b};
+        size_t off = 0;
+        int k = 0;
+        w.for_each([&](const char*, std::vector<float>& t) {
+            *fields[k++] = t.empty() ? nullptr : base + off;
+            off += t.size();
+        });
+        return v;
+    }
+    // weights, u, dout, eps to the device; gradients zeroed
+    void upload_all() {
+        size_t off = 0;
+        w.for_each([&](const char*, std::vector<float>& t) {
+            upload(weight_base + off, t);
+            off += t.size();
+        });
+        CUDA_CHECK(cudaMemset(grad_base, 0, std::max<size_t>(off, 1) * sizeof(float)));
+        upload(d_u, u);
+        upload(d_dout, dout);
+        std::vector<float> e = eps;
+        e.resize((e.size() + 1) / 2 * 2, 0.0f);
+        upload(acts.noise_eps, e);
+    }
+    RefMoeParams<float> download_grads() {
+        RefMoeParams<float> g(cfg);
+        size_t off = 0;
+        g.for_each([&](const char*, std::vector<float>& t) {
+            if (!t.empty()) t = download(grad_base + off, t.size());
+            off += t.size();
+        });
+        return g;
+    }
+    void forward(bool training) { moe_forward(d_out, acts, dw, d_u, cfg, training); }
+    void backward(float aux_coef, float z_coef, bool training) {
+        moe_backward(d_du, dg, d_dout, acts, dw, d_u, cfg, aux_coef, z_coef, training);
+    }
+    size_t NE() const { return (size_t)cfg.N * cfg.E; }
+    size_t NK() const { return (size_t)cfg.N * cfg.K; }
+    size_t NC() const { return (size_t)cfg.N * cfg.C; }
+};
+
+// The reference run on the fixture's data (float).
+struct RefRun {
+    RefMoeState<float> st;
+    std::vector<float> out, du;
+    RefMoeParams<float> grads;
+    RefRun(MoeFixture& fx, bool training, float aux_coef, float z_coef, bool backward = true)
+        : st(fx.cfg), out(fx.NC()), du(fx.NC()), grads(fx.cfg) {
+        st.noise_eps = fx.eps;
+        ref_moe_forward(out.data(), st, fx.w, fx.u.data(), fx.cfg, training);
+        if (backward)
+            ref_moe_backward(du.data(), grads, fx.dout.data(), st, fx.w, fx.u.data(), fx.cfg, aux_coef, z_coef, training);
+    }
+};
+
+std::string describe(const MoeConfig& c) {
+    char buf[160];
+    snprintf(buf, sizeof buf, "N=%d C=%d E=%d K=%d F=%d S=%d Fs=%d CF=%g cap=%d noise=%d", c.N, c.C, c.E, c.K, c.F, c.S,
+             c.Fs, c.capacity_factor, c.capacity, (int)c.noise);
+    return buf;
+}
+
+class MoeTest : public ::testing::Test {
+   protected:
+    void SetUp() override { simt::set_device_memory_protection(true); }
+    void TearDown() override {
+        simt::set_device_memory_protection(false);
+        simt::set_worker_threads(1);
+        simt::set_shuffle(0);
+    }
+};
+
+// ---------------------------------------------------------------- configuration
+
+TEST(MoeConfigTest, CapacityFormula) {
+    MoeConfig c{};
+    c.N = 768, c.C = 128, c.E = 8, c.K = 2, c.F = 256, c.capacity_factor = 1.25;
+    moe_config_finalize(c);
+    EXPECT_EQ(c.capacity, 240);
+    EXPECT_EQ(c.buffer_rows, 240);
+    c.N = 37, c.E = 4, c.capacity_factor = 0.5;  // ceil(0.5*37*2/4) = ceil(9.25)
+    moe_config_finalize(c);
+    EXPECT_EQ(c.capacity, 10);
+    c.capacity_factor = 0.0;  // no limit
+    moe_config_finalize(c);
+    EXPECT_EQ(c.capacity, 37);
+    EXPECT_EQ(c.buffer_rows, 37);
+    c.capacity_factor = 8.0;  // cap above N: buffers still need only N rows
+    moe_config_finalize(c);
+    EXPECT_EQ(c.capacity, 148);
+    EXPECT_EQ(c.buffer_rows, 37);
+    c.N = 10, c.E = 8, c.K = 1, c.capacity_factor = 1.0;  // 10/8 = 1.25 -> 2
+    moe_config_finalize(c);
+    EXPECT_EQ(c.capacity, 2);
+}
+
+TEST(MoeConfigDeathTest, MoreThan64ExpertsIsAnError) {
+    MoeConfig c{};
+    c.N = 8, c.C = 8, c.E = 65, c.K = 2, c.F = 8;
+    EXPECT_EXIT(moe_config_finalize(c), ::testing::ExitedWithCode(EXIT_FAILURE), "at most 64");
+}
+
+TEST(MoeConfigTest, ActivationViewsAreDisjointAndGrowWithN) {
+    MoeConfig a{};
+    a.N = 37, a.C = 24, a.E = 8, a.K = 2, a.F = 40, a.S = 1, a.Fs = 20, a.capacity_factor = 1.25;
+    moe_config_finalize(a);
+    MoeConfig b = a;
+    b.N = 100;
+    moe_config_finalize(b);
+    EXPECT_LT(moe_activation_floats(a), moe_activation_floats(b));
+    EXPECT_LT(moe_activation_ints(a), moe_activation_ints(b));
+    // views of a fake base: every view inside the allocation, in order, without overlap
+    MoeActivations v{};
+    float* fb = reinterpret_cast<float*>(size_t(1) << 20);
+    int* ib = reinterpret_cast<int*>(size_t(1) << 30);
+    moe_activation_views(v, fb, ib, a);
+    size_t end = 0;
+    moe_for_each_float_view(v, a, [&](float*& p, size_t n) {
+        ASSERT_NE(p, nullptr);
+        size_t off = p - fb;
+        EXPECT_GE(off, end);
+        end = off + n;
+    });
+    EXPECT_LE(end, moe_activation_floats(a));
+    EXPECT_EQ((size_t)(v.noise_eps - fb) % 2, 0u);
+    end = 0;
+    moe_for_each_int_view(v, a, [&](int*& p, size_t n) {
+        size_t off = p - ib;
+        EXPECT_GE(off, end);
+        end = off + n;
+    });
+    EXPECT_LE(end, moe_activation_ints(a));
+}
+
+// ---------------------------------------------------------------- forward stages
+
+TEST_F(MoeTest, RouteMatchesReference) {
+    struct Case { int N, E, K; bool noise; };
+    for (Case k : {Case{37, 8, 2, false}, Case{37, 8, 2, true}, Case{50, 5, 1, true}, Case{70, 64, 3, true},
+                   Case{33, 4, 4, false}}) {
+        MoeFixture fx(k.N, 16, k.E, k.K, 8, 0, 0, 1.25, k.noise, 11 + k.E);
+        std::mt19937 rng(5);
+        std::vector<float> r(fx.NE()), nl(fx.NE());
+        fill_uniform(r, rng, -3.0f, 3.0f);
+        fill_uniform(nl, rng, -3.0f, 3.0f);
+        upload(fx.acts.router_logits, r);
+        upload(fx.acts.noise_logits, nl);
+        moe_route(fx.acts, fx.cfg, k.noise);
+        RefMoeState<float> st(fx.cfg);
+        ref_moe_route(st.probs.data(), st.gates.data(), st.topk_idx.data(), st.lse.data(), r.data(), nl.data(),
+                      fx.eps.data(), k.N, k.E, k.K, k.noise);
+        SCOPED_TRACE(describe(fx.cfg));
+        EXPECT_EQ(download(fx.acts.topk_idx, fx.NK()), st.topk_idx);
+        EXPECT_TRUE(all_close(download(fx.acts.probs, fx.NE()), st.probs, 1e-6));
+        EXPECT_TRUE(all_close(download(fx.acts.gates, fx.NK()), st.gates, 1e-6));
+        EXPECT_TRUE(all_close(download(fx.acts.router_lse, k.N), st.lse, 1e-6));
+    }
+}
+
+TEST_F(MoeTest, RouteTiesGoToTheLowerIndex) {
+    const int N = 4, E = 6, K = 3;
+    MoeFixture fx(N, 8, E, K, 8, 0, 0, 0.0, false, 1);
+    std::vector<float> r = {
+        0, 0, 0, 0, 0, 0,   // all equal: 0, 1, 2
+        1, 3, 3, 0, 3, 2,   // three-way tie at the top: 1, 2, 4
+        5, 1, 2, 2, 1, 2,   // 0, then the tie 2, 3, 5 -> 2, 3
+        -1, 4, -1, 4, -1, 4 // 1, 3, 5
+    };
+    upload(fx.acts.router_logits, r);
+    moe_route(fx.acts, fx.cfg, false);
+    std::vector<int> want = {0, 1, 2, 1, 2, 4, 0, 2, 3, 1, 3, 5};
+    EXPECT_EQ(download(fx.acts.topk_idx, fx.NK()), want);
+    auto g = download(fx.acts.gates, fx.NK());
+    for (int j = 0; j < K; j++) EXPECT_FLOAT_EQ(g[j], 1.0f / 3.0f);  // equal logits: equal renormalised gates
+}
+
+TEST_F(MoeTest, CapacityScanMatchesReference) {
+    struct Case { int N, E, K; double cf; };
+    for (Case k : {Case{37, 8, 2, 1.25}, Case{37, 4, 1, 0.5}, Case{1000, 7, 3, 0.8}, Case{5, 8, 2, 0.0},
+                   Case{301, 16, 2, 1.0}}) {
+        MoeFixture fx(k.N, 4, k.E, k.K, 4, 0, 0, k.cf, false, 3);
+        // skewed choices (expert e with weight ~ 1/(e+1)), distinct within a token
+        std::mt19937 rng(k.N + k.E);
+        std::vector<int> topk(fx.NK());
+        for (int t = 0; t < k.N; t++) {
+            std::vector<int> perm(k.E);
+            for (int e = 0; e < k.E; e++) perm[e] = e;
+            for (int e = 0; e < k.E; e++) {  // partial shuffle biased to low indices
+                std::uniform_int_distribution<int> d(e, std::min(k.E - 1, e + 2));
+                std::swap(perm[e], perm[d(rng)]);
+            }
+            for (int j = 0; j < k.K; j++) topk[t * k.K + j] = perm[j];
+        }
+        upload(fx.acts.topk_idx, topk);
+        moe_capacity(fx.acts, fx.cfg);
+        RefMoeState<float> st(fx.cfg);
+        ref_moe_capacity(st.kept.data(), st.slot.data(), st.slot_choice.data(), st.routed.data(), st.kept_count.data(),
+                         topk.data(), k.N, k.K, fx.cfg.capacity, fx.cfg.buffer_rows, k.E);
+        SCOPED_TRACE(describe(fx.cfg));
+        EXPECT_EQ(download(fx.acts.kept, fx.NK()), st.kept);
+        EXPECT_EQ(download(fx.acts.slot, fx.NK()), st.slot);
+        EXPECT_EQ(download(fx.acts.slot_choice, (size_t)k.E * fx.cfg.buffer_rows), st.slot_choice);
+        EXPECT_EQ(download(fx.acts.tokens_per_expert_routed, k.E), st.routed);
+        EXPECT_EQ(download(fx.acts.tokens_per_expert_kept, k.E), st.kept_count);
+    }
+}
+
+// dispatch, bias+GELU, combine, aux/z on the routing of a real forward pass
+TEST_F(MoeTest, DispatchGeluCombineAuxZMatchReference) {
+    MoeFixture fx(37, 24, 4, 2, 40, 2, 20, 0.5, false, 21);
+    fx.forward(true);
+    const MoeConfig& c = fx.cfg;
+    const int R = c.buffer_rows, rows = c.E * R;
+    auto slot_choice = download(fx.acts.slot_choice, (size_t)rows);
+    // dispatch
+    std::vector<float> xin((size_t)rows * c.C);
+    ref_moe_dispatch(xin.data(), fx.u.data(), slot_choice.data(), rows, c.C, c.K);
+    EXPECT_EQ(download(fx.acts.expert_in, xin.size()), xin);
+    // bias + GELU on known pre-activations
+    std::mt19937 rng(2);
+    std::vector<float> pre((size_t)rows * c.F), act(pre.size());
+    fill_uniform(pre, rng, -4.0f, 4.0f);
+    upload(fx.acts.expert_pre, pre);
+    moe_bias_gelu(fx.acts.expert_pre, fx.acts.expert_act, fx.dw.fc_b, c.E, R, c.F);
+    ref_moe_bias_gelu(pre.data(), act.data(), fx.w.fc_b.data(), rows, R, c.F);
+    EXPECT_TRUE(all_close(download(fx.acts.expert_pre, pre.size()), pre, 1e-6));
+    EXPECT_TRUE(all_close(download(fx.acts.expert_act, act.size()), act, 1e-6));
+    // combine on known expert and shared outputs
+    std::vector<float> y((size_t)rows * c.C), ys((size_t)c.S * c.N * c.C), out(fx.NC());
+    fill_uniform(y, rng, -1.0f, 1.0f);
+    fill_uniform(ys, rng, -1.0f, 1.0f);
+    upload(fx.acts.expert_out, y);
+    upload(fx.acts.shared_out, ys);
+    moe_combine(fx.d_out, fx.acts, fx.dw, c);
+    auto gates = download(fx.acts.gates, fx.NK());
+    auto topk = download(fx.acts.topk_idx, fx.NK());
+    auto kept = download(fx.acts.kept, fx.NK());
+    auto slot = download(fx.acts.slot, fx.NK());
+    ref_moe_combine(out.data(), y.data(), fx.w.proj_b.data(), ys.data(), fx.w.shared_proj_b.data(), gates.data(),
+                    topk.data(), kept.data(), slot.data(), c.N, c.C, c.K, R, c.S);
+    EXPECT_TRUE(all_close(download(fx.d_out, out.size()), out, 1e-6));
+    // aux, z
+    auto probs = download(fx.acts.probs, fx.NE());
+    auto lse = download(fx.acts.router_lse, c.N);
+    auto routed = download(fx.acts.tokens_per_expert_routed, c.E);
+    float aux = 0, z = 0;
+    ref_moe_aux_z(&aux, &z, probs.data(), lse.data(), routed.data(), c.N, c.E, c.K);
+    EXPECT_NEAR(download(fx.acts.aux, 1)[0], aux, 1e-5 * aux);
+    EXPECT_NEAR(download(fx.acts.z, 1)[0], z, 1e-5 * z);
+}
+
+// the expert FFN stage (batched GEMMs) against plain linear layers
+TEST_F(MoeTest, ExpertAndSharedFfnMatchReference) {
+    MoeFixture fx(37, 24, 4, 2, 40, 2, 20, 1.25, false, 23);
+    fx.forward(true);
+    const MoeConfig& c = fx.cfg;
+    const int R = c.buffer_rows;
+    auto xin = download(fx.acts.expert_in, (size_t)c.E * R * c.C);
+    std::vector<float> pre((size_t)R * c.F), act(pre.size()), y((size_t)R * c.C);
+    auto got_pre = download(fx.acts.expert_pre, (size_t)c.E * R * c.F);
+    auto got_y = download(fx.acts.expert_out, (size_t)c.E * R * c.C);
+    for (int e = 0; e < c.E; e++) {
+        ref_moe_linear(pre.data(), &xin[(size_t)e * R * c.C], &fx.w.fc_w[(size_t)e * c.F * c.C], &fx.w.fc_b[(size_t)e * c.F],
+                       R, c.C, c.F);
+        for (size_t i = 0; i < pre.size(); i++) act[i] = ref_moe_gelu(pre[i]);
+        ref_moe_linear(y.data(), act.data(), &fx.w.proj_w[(size_t)e * c.C * c.F], (const float*)nullptr, R, c.F, c.C);
+        EXPECT_TRUE(all_close(std::vector<float>(got_pre.begin() + (size_t)e * R * c.F, got_pre.begin() + (size_t)(e + 1) * R * c.F), pre, 1e-4));
+        EXPECT_TRUE(all_close(std::vector<float>(got_y.begin() + (size_t)e * R * c.C, got_y.begin() + (size_t)(e + 1) * R * c.C), y, 1e-4));
+    }
+    auto got_ys = download(fx.acts.shared_out, (size_t)c.S * c.N * c.C);
+    std::vector<float> spre((size_t)c.N * c.Fs), sact(spre.size()), ys(fx.NC());
+    for (int s = 0; s < c.S; s++) {
+        ref_moe_linear(spre.data(), fx.u.data(), &fx.w.shared_fc_w[(size_t)s * c.Fs * c.C], &fx.w.shared_fc_b[(size_t)s * c.Fs],
+                       c.N, c.C, c.Fs);
+        for (size_t i = 0; i < spre.size(); i++) sact[i] = ref_moe_gelu(spre[i]);
+        ref_moe_linear(ys.data(), sact.data(), &fx.w.shared_proj_w[(size_t)s * c.C * c.Fs], (const float*)nullptr, c.N, c.Fs, c.C);
+        EXPECT_TRUE(all_close(std::vector<float>(got_ys.begin() + (size_t)s * fx.NC(), got_ys.begin() + (size_t)(s + 1) * fx.NC()), ys, 1e-4));
+    }
+}
+
+// ---------------------------------------------------------------- backward stages
+
+TEST_F(MoeTest, BackwardStagesMatchReference) {
+    for (bool noise : {false, true}) {
+        MoeFixture fx(37, 24, 8, 2, 40, 1, 20, 0.5, noise, 31);
+        fx.forward(true);
+        const MoeConfig& c = fx.cfg;
+        const int R = c.buffer_rows, rows = c.E * R;
+        SCOPED_TRACE(describe(c));
+        auto slot_choice = download(fx.acts.slot_choice, (size_t)rows);
+        auto gates = download(fx.acts.gates, fx.NK());
+        auto topk = download(fx.acts.topk_idx, fx.NK());
+        auto kept = download(fx.acts.kept, fx.NK());
+        auto slot = download(fx.acts.slot, fx.NK());
+        auto probs = download(fx.acts.probs, fx.NE());
+        auto r = download(fx.acts.router_logits, fx.NE());
+        auto nl = download(fx.acts.noise_logits, fx.NE());
+        auto lse = download(fx.acts.router_lse, c.N);
+        auto routed = download(fx.acts.tokens_per_expert_routed, c.E);
+        auto y = download(fx.acts.expert_out, (size_t)rows * c.C);
+        // combine backward
+        moe_combine_backward(fx.acts, fx.d_dout, c);
+        std::vector<float> dy((size_t)rows * c.C);
+        ref_moe_combine_backward(dy.data(), fx.dout.data(), gates.data(), slot_choice.data(), rows, c.C, c.K);
+        EXPECT_EQ(download(fx.acts.d_expert_out, dy.size()), dy);
+        // bias backward, batched and with a shared (stride 0) input
+        std::vector<float> db(fx.w.proj_b.size(), 0.5f), dbs((size_t)3 * c.C, 0.25f);
+        upload(fx.dg.proj_b, db);
+        moe_bias_backward(fx.dg.proj_b, fx.acts.d_expert_out, (long)R * c.C, c.E, R, c.C);
+        ref_moe_bias_backward(db.data(), dy.data(), (long)R * c.C, c.E, R, c.C);
+        EXPECT_TRUE(all_close(download(fx.dg.proj_b, db.size()), db, 1e-6));
+        float* scratch = dalloc<float>(dbs.size());
+        upload(scratch, dbs);
+        moe_bias_backward(scratch, fx.d_dout, 0, 3, c.N, c.C);
+        ref_moe_bias_backward(dbs.data(), fx.dout.data(), 0, 3, c.N, c.C);
+        EXPECT_TRUE(all_close(download(scratch, dbs.size()), dbs, 1e-6));
+        cudaFree(scratch);
+        // GELU backward
+        std::mt19937 rng(4);
+        std::vector<float> pre((size_t)rows * c.F), d(pre.size());
+        fill_uniform(pre, rng, -4.0f, 4.0f);
+        fill_uniform(d, rng, -1.0f, 1.0f);
+        upload(fx.acts.expert_pre, pre);
+        upload(fx.acts.d_expert_hidden, d);
+        moe_gelu_backward(fx.acts.d_expert_hidden, fx.acts.expert_pre, (long)d.size());
+        ref_moe_gelu_backward(d.data(), pre.data(), (long)d.size());
+        EXPECT_TRUE(all_close(download(fx.acts.d_expert_hidden, d.size()), d, 1e-6));
+        // router backward (gate gradients, gates, aux, softmax, z, noise)
+        moe_router_backward(fx.acts, fx.d_dout, fx.dw, c, 0.3f, 0.05f, noise);
+        std::vector<float> dr(fx.NE()), dnl(fx.NE()), dgate(fx.NK());
+        ref_moe_router_backward(dr.data(), dnl.data(), dgate.data(), fx.dout.data(), y.data(), fx.w.proj_b.data(),
+                                probs.data(), gates.data(), topk.data(), kept.data(), slot.data(), r.data(), lse.data(),
+                                nl.data(), fx.eps.data(), routed.data(), c.N, c.C, c.E, c.K, R, 0.3f, 0.05f, noise);
+        EXPECT_TRUE(all_close(download(fx.acts.d_gates, fx.NK()), dgate, 1e-5));
+        EXPECT_TRUE(all_close(download(fx.acts.d_router_logits, fx.NE()), dr, 1e-5));
+        if (noise) {
+            EXPECT_TRUE(all_close(download(fx.acts.d_noise_logits, fx.NE()), dnl, 1e-5));
+        }
+        // gather backward on known expert / shared input gradients
+        std::vector<float> dx((size_t)rows * c.C), dxs((size_t)c.S * c.N * c.C), du(fx.NC());
+        fill_uniform(dx, rng, -1.0f, 1.0f);
+        fill_uniform(dxs, rng, -1.0f, 1.0f);
+        upload(fx.acts.d_expert_in, dx);
+        upload(fx.acts.d_shared_in, dxs);
+        moe_gather_backward(fx.d_du, fx.acts, c);
+        ref_moe_gather_backward(du.data(), dx.data(), dxs.data(), topk.data(), kept.data(), slot.data(), c.N, c.C, c.K, R,
+                                c.S);
+        EXPECT_TRUE(all_close(download(fx.d_du, du.size()), du, 1e-6));
+    }
+}
+
+// ---------------------------------------------------------------- the whole layer
+
+void check_layer_against_reference(MoeFixture& fx, bool training, float aux_coef, float z_coef) {
+    const MoeConfig& c = fx.cfg;
+    SCOPED_TRACE(describe(c) + (training ? " training" : " eval"));
+    fx.forward(training);
+    fx.backward(aux_coef, z_coef, training);
+    RefRun ref(fx, training, aux_coef, z_coef);
+    // routing decisions: exact
+    ASSERT_EQ(download(fx.acts.topk_idx, fx.NK()), ref.st.topk_idx);
+    ASSERT_EQ(download(fx.acts.kept, fx.NK()), ref.st.kept);
+    ASSERT_EQ(download(fx.acts.slot, fx.NK()), ref.st.slot);
+    EXPECT_EQ(download(fx.acts.tokens_per_expert_routed, c.E), ref.st.routed);
+    EXPECT_EQ(download(fx.acts.tokens_per_expert_kept, c.E), ref.st.kept_count);
+    EXPECT_TRUE(all_close(download(fx.acts.router_logits, fx.NE()), ref.st.router_logits, 1e-4));
+    EXPECT_TRUE(all_close(download(fx.acts.probs, fx.NE()), ref.st.probs, 1e-4));
+    EXPECT_TRUE(all_close(download(fx.acts.gates, fx.NK()), ref.st.gates, 1e-4));
+    EXPECT_NEAR(download(fx.acts.aux, 1)[0], ref.st.aux, 1e-4 * ref.st.aux);
+    EXPECT_NEAR(download(fx.acts.z, 1)[0], ref.st.z, 1e-4 * ref.st.z);
+    EXPECT_TRUE(all_close(download(fx.d_out, fx.NC()), ref.out, 1e-4)) << "out";
+    EXPECT_TRUE(all_close(download(fx.d_du, fx.NC()), ref.du, 1e-4)) << "du";
+    RefMoeParams<float> g = fx.download_grads();
+    const bool noise_active = c.noise && training;
+    ref.grads.for_each([&](const char* name, std::vector<float>& want) {
+        std::vector<float> got;
+        g.for_each([&](const char* n2, std::vector<float>& t) {
+            if (std::strcmp(name, n2) == 0) got = t;
+        });
+        if (!noise_active && std::strcmp(name, "noise") == 0) {
+            for (float x : got) ASSERT_EQ(x, 0.0f) << "W_n gets no gradient without noise";
+            return;
+        }
+        EXPECT_TRUE(all_close(got, want, 1e-4)) << name;
+    });
+}
+
+TEST_F(MoeTest, LayerMatchesReferenceOverConfigGrid) {
+    int checked = 0;
+    for (int E : {4, 8})
+        for (int K : {1, 2})
+            for (double cf : {0.5, 1.25, 0.0})
+                for (int S : {0, 1})
+                    for (bool noise : {false, true}) {
+                        MoeFixture fx(37, 24, E, K, 40, S, 20, cf, noise, 100 + E * 7 + K * 3 + S + noise * 11);
+                        check_layer_against_reference(fx, true, 0.3f, 0.05f);
+                        checked++;
+                    }
+    EXPECT_EQ(checked, 48);
+}
+
+TEST_F(MoeTest, EvalModeIgnoresNoiseAndDropsAreReal) {
+    MoeFixture fx(37, 24, 4, 2, 40, 1, 20, 0.5, true, 77);
+    check_layer_against_reference(fx, false, 0.3f, 0.05f);
+    // at CF 0.5 some choices must have been dropped, and each expert holds at most cap tokens
+    auto kept = download(fx.acts.kept, fx.NK());
+    int dropped = 0;
+    for (int k : kept) dropped += k == 0;
+    EXPECT_GT(dropped, 0);
+    for (int n : download(fx.acts.tokens_per_expert_kept, fx.cfg.E)) EXPECT_LE(n, fx.cfg.capacity);
+}
+
+// The reference backward is itself checked by central differences in double, with the routing held
+// fixed (the perturbation is small enough not to change top-K or drops; asserted).
+TEST(MoeReferenceTest, BackwardMatchesFiniteDifferences) {
+    struct Case { int E, K; double cf; int S; bool noise; };
+    for (Case k : {Case{4, 2, 0.5, 1, true}, Case{4, 1, 0.5, 0, true}, Case{3, 3, 0.0, 1, false},
+                   Case{5, 2, 1.25, 0, true}}) {
+        MoeConfig cfg{};
+        cfg.N = 13, cfg.C = 6, cfg.E = k.E, cfg.K = k.K, cfg.F = 7, cfg.S = k.S, cfg.Fs = 5;
+        cfg.capacity_factor = k.cf, cfg.noise = k.noise;
+        moe_config_finalize(cfg);
+        SCOPED_TRACE(describe(cfg));
+        std::mt19937 rng(k.E * 10 + k.K);
+        std::uniform_real_distribution<double> U(-1.0, 1.0);
+        std::normal_distribution<double> G(0.0, 1.0);
+        RefMoeParams<double> w(cfg);
+        w.for_each([&](const char*, std::vector<double>& v) {
+            for (auto& x : v) x = 0.5 * U(rng);
+        });
+        for (auto& x : w.router) x *= 2.0;
+        std::vector<double> u((size_t)cfg.N * cfg.C), dout(u.size()), eps((size_t)cfg.N * cfg.E);
+        for (auto& x : u) x = U(rng);
+        for (auto& x : dout) x = U(rng);
+        for (auto& x : eps) x = G(rng);
+        const double aux_coef = 0.7, z_coef = 0.3;
+
+        RefMoeState<double> base(cfg);
+        base.noise_eps = eps;
+        std::vector<double> out(u.size()), du(u.size());
+        ref_moe_forward(out.data(), base, w, u.data(), cfg, true);
+        RefMoeParams<double> grads(cfg);
+        ref_moe_backward(du.data(), grads, dout.data(), base, w, u.data(), cfg, aux_coef, z_coef, true);
+        int drops = 0;
+        for (int x : base.kept) drops += x == 0;
+        if (k.cf == 0.5) {
+            EXPECT_GT(drops, 0) << "this case is meant to drop choices";
+        }
+
+        auto loss_at = [&](std::vector<double>& x, size_t i, double h) {
+            const double keep = x[i];
+            x[i] = keep + h;
+            RefMoeState<double> st(cfg);
+            st.noise_eps = eps;
+            std::vector<double> o(u.size());
+            ref_moe_forward(o.data(), st, w, u.data(), cfg, true);
+            x[i] = keep;
+            EXPECT_EQ(st.topk_idx, base.topk_idx);
+            EXPECT_EQ(st.kept, base.kept);
+            EXPECT_EQ(st.slot, base.slot);
+            return ref_moe_loss(o.data(), dout.data(), st, cfg, aux_coef, z_coef);
+        };
+        auto check = [&](const char* name, std::vector<double>& x, const std::vector<double>& analytic) {
+            const double h = 1e-6;
+            for (size_t i = 0; i < x.size(); i++) {
+                const double fd = (loss_at(x, i, h) - loss_at(x, i, -h)) / (2 * h);
+                ASSERT_NEAR(analytic[i], fd, 1e-7 + 1e-6 * std::abs(fd)) << name << "[" << i << "]";
+            }
+        };
+        check("u", u, du);
+        RefMoeParams<double>* gp = &grads;
+        std::vector<std::vector<double>*> gv;
+        gp->for_each([&](const char*, std::vector<double>& v) { gv.push_back(&v); });
+        int idx = 0;
+        w.for_each([&](const char* name, std::vector<double>& v) {
+            if (!k.noise && std::strcmp(name, "noise") == 0) {
+                idx++;
+                return;
+            }
+            check(name, v, *gv[idx++]);
+        });
+    }
+}
+
+// A router forced onto known experts, so the priority rule can be written down by hand.
+// u = [1, +-1 (token parity), [t >= 30], noise]; logits: expert 2 = 10, expert 0 = 5 +- 3 + 20 [t>=30],
+// expert 1 = 5 -+ 3, expert 3 = 0. So tokens 0..29 pick (2, 0) when even and (2, 1) when odd;
+// tokens 30..36 pick (0, 2). CF 0.5: cap = ceil(0.5*37*2/4) = 10.
+TEST_F(MoeTest, CapacityDropsFollowThePriorityRule) {
+    const int N = 37, C = 8, E = 4, K = 2;
+    MoeFixture fx(N, C, E, K, 12, 0, 0, 0.5, false, 5);
+    ASSERT_EQ(fx.cfg.capacity, 10);
+    std::mt19937 rng(9);
+    for (int t = 0; t < N; t++) {
+        fx.u[t * C + 0] = 1.0f;
+        fx.u[t * C + 1] = t % 2 == 0 ? 1.0f : -1.0f;
+        fx.u[t * C + 2] = t >= 30 ? 1.0f : 0.0f;
+        for (int i = 3; i < C; i++) fx.u[t * C + i] = std::uniform_real_distribution<float>(-0.1f, 0.1f)(rng);
+    }
+    std::fill(fx.w.router.begin(), fx.w.router.end(), 0.0f);
+    auto W = [&](int e, int i) -> float& { return fx.w.router[e * C + i]; };
+    W(2, 0) = 10.0f;
+    W(0, 0) = 5.0f, W(0, 1) = 3.0f, W(0, 2) = 20.0f;
+    W(1, 0) = 5.0f, W(1, 1) = -3.0f;
+    for (int i = 3; i < C; i++) W(3, i) = 0.01f;
+    fx.upload_all();
+    fx.forward(true);
+    auto topk = download(fx.acts.topk_idx, fx.NK());
+    auto kept = download(fx.acts.kept, fx.NK());
+    auto slot = download(fx.acts.slot, fx.NK());
+    for (int t = 0; t < N; t++) {
+        SCOPED_TRACE("token " + std::to_string(t));
+        const int c0 = t * K, c1 = t * K + 1;
+        if (t < 30) {
+            ASSERT_EQ(topk[c0], 2);
+            ASSERT_EQ(topk[c1], t % 2 == 0 ? 0 : 1);
+            // first choices of expert 2 in token order: tokens 0..9 keep theirs
+            EXPECT_EQ(kept[c0], t < 10 ? 1 : 0);
+            EXPECT_EQ(slot[c0], t < 10 ? t : -1);
+            if (t % 2 == 1) {
+                // expert 1 only has second choices (odd tokens 1, 3, ..., 29: 15 of them): the first 10 keep
+                EXPECT_EQ(kept[c1], t <= 19 ? 1 : 0);
+                EXPECT_EQ(slot[c1], t <= 19 ? t / 2 : -1);
+            } else {
+                // expert 0: the 7 first choices of tokens 30..36 come first (slots 0..6), then the second
+                // choices of even tokens 0, 2, 4 take slots 7, 8, 9; the rest are dropped
+                EXPECT_EQ(kept[c1], t <= 4 ? 1 : 0);
+                EXPECT_EQ(slot[c1], t <= 4 ? 7 + t / 2 : -1);
+            }
+        } else {
+            ASSERT_EQ(topk[c0], 0);
+            ASSERT_EQ(topk[c1], 2);
+            EXPECT_EQ(kept[c0], 1);
+            EXPECT_EQ(slot[c0], t - 30);
+            EXPECT_EQ(kept[c1], 0);  // expert 2 is full with first choices
+            EXPECT_EQ(slot[c1], -1);
+        }
+    }
+    EXPECT_EQ(download(fx.acts.tokens_per_expert_routed, E), (std::vector<int>{22, 15, 37, 0}));
+    EXPECT_EQ(download(fx.acts.tokens_per_expert_kept, E), (std::vector<int>{10, 10, 10, 0}));
+    // a dropped choice contributes nothing: the whole layer still matches the reference
+    fx.backward(0.3f, 0.05f, true);
+    RefRun ref(fx, true, 0.3f, 0.05f);
+    EXPECT_EQ(kept, ref.st.kept);
+    EXPECT_TRUE(all_close(download(fx.d_out, fx.NC()), ref.out, 1e-4));
+    EXPECT_TRUE(all_close(download(fx.d_du, fx.NC()), ref.du, 1e-4));
+    // tokens 10..29 with odd index > 19 or even index > 4 lost every choice: their output is exactly 0
+    auto out = download(fx.d_out, fx.NC());
+    for (int i = 0; i < C; i++) EXPECT_EQ(out[20 * C + i], 0.0f);
+}
+
+TEST_F(MoeTest, UniformRoutingGivesAuxOne) {
+    for (int K : {1, 2}) {
+        MoeFixture fx(37, 16, 8, K, 8, 0, 0, 0.0, false, 8);
+        std::fill(fx.w.router.begin(), fx.w.router.end(), 0.0f);  // every logit 0: p = 1/E
+        fx.upload_all();
+        fx.forward(true);
+        EXPECT_NEAR(download(fx.acts.aux, 1)[0], 1.0f, 1e-6);
+        EXPECT_NEAR(download(fx.acts.z, 1)[0], std::log(8.0) * std::log(8.0), 1e-5);
+        // ties everywhere: every token picks experts 0..K-1
+        auto topk = download(fx.acts.topk_idx, fx.NK());
+        for (int t = 0; t < 37; t++)
+            for (int j = 0; j < K; j++) EXPECT_EQ(topk[t * K + j], j);
+    }
+    // balanced routing with non-uniform p also gives f_i = 1/E and so aux = E sum_i P_i / E = 1
+    MoeFixture fx(64, 8, 4, 1, 8, 0, 0, 0.0, false, 9);
+    std::fill(fx.w.router.begin(), fx.w.router.end(), 0.0f);
+    for (int t = 0; t < 64; t++)
+        for (int i = 0; i < 8; i++) fx.u[t * 8 + i] = i == t % 4 ? 1.0f : 0.0f;
+    for (int e = 0; e < 4; e++) fx.w.router[e * 8 + e] = 1.5f;
+    fx.upload_all();
+    fx.forward(true);
+    EXPECT_NEAR(download(fx.acts.aux, 1)[0], 1.0f, 1e-6);
+}
+
+// ---------------------------------------------------------------- determinism and host traffic
+
+struct Snapshot {
+    std::vector<float> out, du, aux_z, grads, probs;
+    std::vector<int> routing;
+    bool operator==(const Snapshot&) const = default;
+};
+
+Snapshot run_snapshot(MoeFixture& fx) {
+    fx.upload_all();
+    fx.forward(true);
+    fx.backward(0.3f, 0.05f, true);
+    Snapshot s;
+    s.out = download(fx.d_out, fx.NC());
+    s.du = download(fx.d_du, fx.NC());
+    s.aux_z = {download(fx.acts.aux, 1)[0], download(fx.acts.z, 1)[0]};
+    s.probs = download(fx.acts.probs, fx.NE());
+    RefMoeParams<float> g = fx.download_grads();
+    g.for_each([&](const char*, std::vector<float>& v) { s.grads.insert(s.grads.end(), v.begin(), v.end()); });
+    for (int* p : {fx.acts.topk_idx, fx.acts.kept, fx.acts.slot}) {
+        auto v = download(p, fx.NK());
+        s.routing.insert(s.routing.end(), v.begin(), v.end());
+    }
+    return s;
+}
+
+TEST_F(MoeTest, BitIdenticalAcrossWorkerThreadsAndShuffledOrder) {
+    MoeFixture fx(300, 32, 8, 2, 48, 1, 24, 1.0, true, 13);
+    simt::set_worker_threads(1);
+    Snapshot one = run_snapshot(fx);
+    simt::set_worker_threads(2);
+    Snapshot two = run_snapshot(fx);
+    EXPECT_TRUE(one == two) << "1 vs 2 worker threads";
+    simt::set_shuffle(12345);
+    Snapshot shuffled = run_snapshot(fx);
+    EXPECT_TRUE(one == shuffled) << "shuffled thread order";
+    simt::set_shuffle(0);
+    simt::set_worker_threads(1);
+    Snapshot again = run_snapshot(fx);
+    EXPECT_TRUE(one == again) << "repeat";
+}
+
+TEST_F(MoeTest, ForwardBackwardNeverCopyToHostNorSynchronize) {
+    MoeFixture fx(37, 24, 8, 2, 40, 1, 20, 1.25, true, 17);
+    simt::reset_counters();
+    fx.forward(true);
+    fx.backward(0.01f, 0.001f, true);
+    fx.forward(false);
+    EXPECT_EQ(simt_device_to_host_copies(), 0);
+    EXPECT_EQ(simt_synchronizations(), 0);
+}
+
+}  // namespace
