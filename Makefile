@@ -106,6 +106,10 @@ nvcc-check:
 	 else $(MAKE) --no-print-directory $(NVCC_OBJS); fi
 
 # ---------------------------------------------------------------- top-level targets
+# tiny Shakespeare: copied from ../shared/data/ when present, else downloaded; sha256-checked
+data:
+	@bash data/get_data.sh
+
 # The stages run one after another (each builds with -j2) so the output reads in order.
 test: deps
 	@$(MAKE) --no-print-directory -j2 test-cpu
