@@ -1,0 +1,1746 @@
+// simt/simt.cpp: the SIMT execution layer (see simt.h for the overview).
+//
+// Layout of this file:
+//   1. errors and counters         5. the block scheduler (barriers, warp operations)
+//   2. device memory               6. launches and the worker pool
+//   3. the SIGSEGV reporter        7. runtime API
+//   4. fibers and stacks           8. cuBLAS (OpenBLAS)     9. cuRAND
+#include "simt/simt.h"
+
+#include <cblas.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdarg>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define SIMT_ASAN 1
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#else
+#define SIMT_ASAN 0
+#endif
+
+#ifdef SIMT_FIBERS_UCONTEXT
+#include <ucontext.h>
+#else
+#include <boost/context/detail/fcontext.hpp>
+#endif
+
+thread_local constinit uint3 threadIdx = {0, 0, 0};
+thread_local constinit uint3 blockIdx = {0, 0, 0};
+thread_local constinit dim3 blockDim = dim3(1, 1, 1);
+thread_local constinit dim3 gridDim = dim3(1, 1, 1);
+
+namespace simt {
+namespace detail {
+thread_local constinit unsigned char* dynamic_shared_base = nullptr;
+}
+
+// =====================================================================================
+// 1. Errors and counters
+// =====================================================================================
+namespace {
+std::mutex g_error_mutex;
+cudaError_t g_last_error = cudaSuccess;   // cleared by cudaGetLastError
+cudaError_t g_async_error = cudaSuccess;  // a kernel failure, also returned by the next sync call
+std::string g_last_message;
+std::atomic<long> g_d2h_copies{0};
+std::atomic<long> g_syncs{0};
+
+std::string format(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+std::string format(const char* fmt, ...) {
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    return buf;
+}
+
+// Every error the layer detects goes through here: printed once, remembered, returned.
+cudaError_t report(cudaError_t code, const std::string& message, bool async = false) {
+    std::lock_guard<std::mutex> lock(g_error_mutex);
+    fprintf(stderr, "%s\n", message.c_str());
+    fflush(stderr);
+    g_last_message = message;
+    g_last_error = code;
+    if (async) g_async_error = code;
+    return code;
+}
+
+cudaError_t take_async_error() {
+    std::lock_guard<std::mutex> lock(g_error_mutex);
+    cudaError_t e = g_async_error;
+    g_async_error = cudaSuccess;
+    return e;
+}
+
+long env_long(const char* name, long fallback) {
+    const char* v = getenv(name);
+    if (v == nullptr || *v == 0) return fallback;
+    return strtol(v, nullptr, 0);
+}
+}  // namespace
+
+const char* last_error_message() {
+    static thread_local std::string copy;
+    std::lock_guard<std::mutex> lock(g_error_mutex);
+    copy = g_last_message;
+    return copy.c_str();
+}
+void reset_counters() {
+    g_d2h_copies = 0;
+    g_syncs = 0;
+}
+long device_to_host_copies() { return g_d2h_copies.load(); }
+long synchronizations() { return g_syncs.load(); }
+
+// =====================================================================================
+// 2. Device memory: one reserved region, first-fit free list with coalescing
+// =====================================================================================
+namespace {
+constexpr size_t kAlign = 256;
+constexpr size_t kPage = 4096;
+#if SIMT_ASAN
+constexpr size_t kDefaultReserveGiB = 16;
+#else
+constexpr size_t kDefaultReserveGiB = 64;
+#endif
+
+struct DeviceMemory {
+    std::recursive_mutex mutex;
+    std::atomic<char*> base{nullptr};
+    size_t reserved = 0;
+    size_t committed = 0;                 // [base, base+committed) has been made accessible once
+    std::map<size_t, size_t> free_blocks; // offset -> size
+    std::map<size_t, size_t> allocations; // offset -> requested bytes
+    std::map<size_t, size_t> rounded;     // offset -> rounded bytes
+    bool protect = false;
+    int access_depth = 0;
+};
+DeviceMemory& dmem() {
+    static DeviceMemory* m = new DeviceMemory();  // never destroyed: used by the signal handler
+    return *m;
+}
+
+void install_signal_handler();
+
+void protect_range(char* p, size_t bytes, bool accessible) {
+    if (bytes == 0) return;
+    if (mprotect(p, bytes, accessible ? PROT_READ | PROT_WRITE : PROT_NONE) != 0) {
+        perror("simt: mprotect");
+        abort();
+    }
+}
+
+// Reserves the region on first use (cheap: no memory is committed).
+char* region() {
+    DeviceMemory& m = dmem();
+    char* b = m.base.load(std::memory_order_acquire);
+    if (b != nullptr) return b;
+    std::lock_guard<std::recursive_mutex> lock(m.mutex);
+    b = m.base.load();
+    if (b != nullptr) return b;
+    size_t gib = (size_t)env_long("SIMT_DEVICE_GIB", (long)kDefaultReserveGiB);
+    m.reserved = gib << 30;
+    void* p = mmap(nullptr, m.reserved, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("simt: cannot reserve the device memory region");
+        abort();
+    }
+    m.free_blocks[0] = m.reserved;
+    if (env_long("SIMT_PROTECT", 0) != 0) m.protect = true;
+    m.base.store((char*)p, std::memory_order_release);
+    install_signal_handler();
+    return (char*)p;
+}
+
+bool accessible_now(const DeviceMemory& m) { return !m.protect || m.access_depth > 0; }
+
+// The live allocation containing [p, p+bytes), as (offset, size); size 0 if none.
+std::pair<size_t, size_t> find_allocation(const void* p, size_t bytes) {
+    DeviceMemory& m = dmem();
+    char* b = m.base.load();
+    if (b == nullptr || (const char*)p < b || (const char*)p >= b + m.reserved) return {0, 0};
+    size_t off = (size_t)((const char*)p - b);
+    std::lock_guard<std::recursive_mutex> lock(m.mutex);
+    auto it = m.allocations.upper_bound(off);
+    if (it == m.allocations.begin()) return {0, 0};
+    --it;
+    const size_t start = it->first, size = it->second;
+    // A zero-byte range may sit one past the end (a kernel argument like `ptr + n`).
+    const bool ok = bytes == 0 ? off <= start + size : off + bytes <= start + size;
+    return ok ? std::pair<size_t, size_t>{start, size} : std::pair<size_t, size_t>{0, 0};
+}
+
+// Checks that [p, p+bytes) lies inside one live cudaMalloc allocation.
+bool inside_allocation(const void* p, size_t bytes) { return find_allocation(p, bytes).second != 0; }
+
+std::string describe_device_address(const void* p) {
+    DeviceMemory& m = dmem();
+    char* b = m.base.load();
+    size_t off = (size_t)((const char*)p - b);
+    auto it = m.allocations.upper_bound(off);
+    if (it != m.allocations.begin()) {
+        --it;
+        if (off < it->first + it->second)
+            return format("%zu bytes into a cudaMalloc of %zu bytes", off - it->first, it->second);
+    }
+    return "not inside any live cudaMalloc allocation";
+}
+}  // namespace
+
+bool is_device_pointer(const void* p) {
+    DeviceMemory& m = dmem();
+    char* b = m.base.load(std::memory_order_acquire);
+    return b != nullptr && (const char*)p >= b && (const char*)p < b + m.reserved;
+}
+
+void set_device_memory_protection(bool on) {
+    region();
+    DeviceMemory& m = dmem();
+    std::lock_guard<std::recursive_mutex> lock(m.mutex);
+    m.protect = on;
+    protect_range(m.base.load(), m.committed, accessible_now(m));
+}
+bool device_memory_protection() {
+    region();
+    return dmem().protect;
+}
+
+DeviceAccess::DeviceAccess() {
+    region();
+    DeviceMemory& m = dmem();
+    std::lock_guard<std::recursive_mutex> lock(m.mutex);
+    if (m.access_depth++ == 0 && m.protect) protect_range(m.base.load(), m.committed, true);
+}
+DeviceAccess::~DeviceAccess() {
+    DeviceMemory& m = dmem();
+    std::lock_guard<std::recursive_mutex> lock(m.mutex);
+    if (--m.access_depth == 0 && m.protect) protect_range(m.base.load(), m.committed, false);
+}
+
+// =====================================================================================
+// 3. The SIGSEGV reporter: host code touching device memory, fiber stack overflow
+// =====================================================================================
+namespace {
+struct sigaction g_old_segv;
+std::atomic<bool> g_handler_installed{false};
+
+// Guard pages of fiber stacks, registered when a stack is created (fixed array: signal-safe reads).
+constexpr int kMaxGuards = 1 << 16;
+std::atomic<int> g_guard_count{0};
+uintptr_t g_guards[kMaxGuards];
+thread_local const char* tls_kernel_name = nullptr;
+
+void write_stderr(const char* s) {
+    size_t n = strlen(s);
+    while (n > 0) {
+        ssize_t w = write(2, s, n);
+        if (w <= 0) return;
+        s += w;
+        n -= (size_t)w;
+    }
+}
+
+void segv_handler(int sig, siginfo_t* info, void* context) {
+    char* addr = (char*)info->si_addr;
+    DeviceMemory& m = dmem();
+    char* b = m.base.load();
+    if (b != nullptr && addr >= b && addr < b + m.reserved) {
+        char line[512];
+        snprintf(line, sizeof line, "simt: host code touched device memory at %p (%s)\n", (void*)addr,
+                 describe_device_address(addr).c_str());
+        write_stderr(line);
+        abort();
+    }
+    uintptr_t a = (uintptr_t)addr;
+    int n = std::min(g_guard_count.load(), kMaxGuards);
+    for (int i = 0; i < n; ++i) {
+        if (a >= g_guards[i] && a < g_guards[i] + kPage) {
+            char line[512];
+            snprintf(line, sizeof line,
+                     "simt: fiber stack overflow in kernel '%s' (a CUDA thread used more than its stack; "
+                     "raise SIMT_STACK_KB)\n",
+                     tls_kernel_name ? tls_kernel_name : "?");
+            write_stderr(line);
+            abort();
+        }
+    }
+    // Not ours: hand the fault to whoever was installed before us.
+    if ((g_old_segv.sa_flags & SA_SIGINFO) && g_old_segv.sa_sigaction != nullptr) {
+        g_old_segv.sa_sigaction(sig, info, context);
+        return;
+    }
+    if (g_old_segv.sa_handler != SIG_DFL && g_old_segv.sa_handler != SIG_IGN) {
+        g_old_segv.sa_handler(sig);
+        return;
+    }
+    sigaction(SIGSEGV, &g_old_segv, nullptr);  // re-executing the access now takes the default action
+}
+
+void install_signal_handler() {
+    if (g_handler_installed.exchange(true)) return;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = segv_handler;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &g_old_segv);
+}
+
+// A stack overflow runs the handler on the overflowed stack unless the thread has an alternate
+// signal stack: give every thread that runs fibers one.
+void ensure_alt_stack() {
+    static thread_local bool done = false;
+    if (done) return;
+    done = true;
+    stack_t old;
+    if (sigaltstack(nullptr, &old) == 0 && !(old.ss_flags & SS_DISABLE)) return;
+    stack_t ss;
+    ss.ss_size = 64 * 1024;
+    ss.ss_sp = mmap(nullptr, ss.ss_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ss.ss_flags = 0;
+    if (ss.ss_sp != MAP_FAILED) sigaltstack(&ss, nullptr);
+}
+}  // namespace
+
+// =====================================================================================
+// 4. Fibers and stacks
+// =====================================================================================
+namespace detail {
+namespace {
+#if SIMT_ASAN
+constexpr size_t kDefaultStackKiB = 256;  // ASan's redzones make frames much bigger
+#else
+constexpr size_t kDefaultStackKiB = 64;
+#endif
+
+size_t stack_bytes() {
+    static size_t bytes = [] {
+        long kib = env_long("SIMT_STACK_KB", (long)kDefaultStackKiB);
+        if (kib < 16) kib = 16;
+        return ((size_t)kib * 1024 + kPage - 1) / kPage * kPage;
+    }();
+    return bytes;
+}
+
+struct Stack {
+    char* lo;     // lowest usable byte (the guard page is just below)
+    size_t size;
+};
+
+// One mmap per stack with a PROT_NONE guard page below it. Created on demand, never freed:
+// each worker keeps its stacks in a free list and reuses them for every later block.
+Stack new_stack() {
+    size_t size = stack_bytes();
+    char* p = (char*)mmap(nullptr, size + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                          -1, 0);
+    if (p == MAP_FAILED) {
+        perror("simt: cannot allocate a fiber stack");
+        abort();
+    }
+    protect_range(p, kPage, false);
+    int i = g_guard_count.fetch_add(1);
+    if (i < kMaxGuards) g_guards[i] = (uintptr_t)p;
+    return Stack{p + kPage, size};
+}
+
+enum FiberState : unsigned char {
+    kNew,      // not started yet (no stack)
+    kReady,    // started, parked, released: will continue when resumed
+    kRunning,  // the fiber that is executing right now
+    kBarrier,  // parked at __syncthreads
+    kWarp,     // parked at a warp operation
+    kDone,     // returned from the kernel (or was unwound)
+};
+
+struct Fiber {
+#ifdef SIMT_FIBERS_UCONTEXT
+    ucontext_t context;
+#else
+    boost::context::detail::fcontext_t context;
+#endif
+    Stack stack;
+    uint3 tid;
+    FiberState state;
+    unsigned char op;             // BarrierOp or WarpOp while parked
+    unsigned mask;                // warp operations: the mask argument
+    int arg, width;               // warp operations: srcLane / delta / laneMask, width
+    unsigned long long value;     // this lane's contribution
+    unsigned long long result;    // what the operation returns to this lane
+    std::source_location site;    // where it is parked
+};
+
+// Everything one OS worker thread needs to run blocks, allocated once and reused.
+struct Worker {
+    int index = 0;
+    std::vector<Fiber> fibers;
+    std::vector<int> runlist;
+    std::vector<Stack> free_stacks;
+    unsigned char* shared = nullptr;  // dynamic shared memory (kMaxDynamicSharedOptin bytes)
+
+    // The block being run.
+    const Launch* launch = nullptr;
+    unsigned long long block = 0;   // linear block index
+    int nthreads = 0, live = 0, barrier_waiters = 0, warp_waiters = 0;
+    bool aborting = false;          // unwinding every fiber of the block
+    bool failed = false;
+    std::string error;
+    unsigned long long rng = 0;     // shuffled mode
+    Fiber* current = nullptr;
+#ifdef SIMT_FIBERS_UCONTEXT
+    ucontext_t scheduler;
+#else
+    boost::context::detail::fcontext_t scheduler = nullptr;
+#endif
+#if SIMT_ASAN
+    const void* scheduler_stack_bottom = nullptr;
+    size_t scheduler_stack_size = 0;
+#endif
+
+    Worker() : fibers(kMaxThreadsPerBlock) {
+        runlist.reserve(kMaxThreadsPerBlock);
+        shared = (unsigned char*)aligned_alloc(4096, (kMaxDynamicSharedOptin + 4095) / 4096 * 4096);
+    }
+    ~Worker() { free(shared); }
+};
+thread_local Worker* tls_worker = nullptr;
+
+// Thrown into parked fibers to unwind them when their block is abandoned.
+struct FiberUnwind {};
+// Thrown by trap(): a device-side failure.
+struct DeviceTrap {
+    std::string message;
+};
+
+std::string block_string(const Worker& w) {
+    return format("block (%u,%u,%u)", blockIdx.x, blockIdx.y, blockIdx.z);
+    (void)w;
+}
+std::string thread_string(const uint3& t) { return format("thread (%u,%u,%u)", t.x, t.y, t.z); }
+
+void record_failure(Worker* w, const std::string& what) {
+    if (!w->failed) {
+        w->failed = true;
+        w->error = format("simt: %s in kernel '%s' %s %s", what.c_str(), w->launch->name, block_string(*w).c_str(),
+                          thread_string(w->current->tid).c_str());
+    }
+    w->aborting = true;
+}
+
+// Runs one CUDA thread to completion; any exception ends the block.
+void run_thread(Worker* w) {
+    try {
+        w->launch->thunk(w->launch->bound);
+    } catch (const FiberUnwind&) {
+    } catch (const DeviceTrap& e) {
+        record_failure(w, e.message);
+    } catch (const std::exception& e) {
+        record_failure(w, format("exception (%s)", e.what()));
+    } catch (...) {
+        record_failure(w, "unknown exception");
+    }
+}
+
+// ---- the two context switches: scheduler -> fiber, fiber -> scheduler ----
+#ifdef SIMT_FIBERS_UCONTEXT
+void fiber_entry() {
+    Worker* w = tls_worker;
+#if SIMT_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &w->scheduler_stack_bottom, &w->scheduler_stack_size);
+#endif
+    run_thread(w);
+    w->current->state = kDone;
+#if SIMT_ASAN
+    __sanitizer_start_switch_fiber(nullptr, w->scheduler_stack_bottom, w->scheduler_stack_size);
+#endif
+    setcontext(&w->scheduler);
+}
+
+inline void switch_to_fiber(Worker* w, Fiber* f, bool start) {
+    if (start) {
+        getcontext(&f->context);
+        f->context.uc_stack.ss_sp = f->stack.lo;
+        f->context.uc_stack.ss_size = f->stack.size;
+        f->context.uc_link = nullptr;
+        makecontext(&f->context, fiber_entry, 0);
+    }
+#if SIMT_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, f->stack.lo, f->stack.size);
+#endif
+    swapcontext(&w->scheduler, &f->context);
+#if SIMT_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+
+inline void switch_to_scheduler(Worker* w, Fiber* f) {
+#if SIMT_ASAN
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, w->scheduler_stack_bottom, w->scheduler_stack_size);
+#endif
+    swapcontext(&f->context, &w->scheduler);
+#if SIMT_ASAN
+    __sanitizer_finish_switch_fiber(fake, &w->scheduler_stack_bottom, &w->scheduler_stack_size);
+#endif
+}
+#else
+namespace bctx = boost::context::detail;
+
+void fiber_entry(bctx::transfer_t t) {
+    Worker* w = static_cast<Worker*>(t.data);
+    w->scheduler = t.fctx;
+    run_thread(w);
+    w->current->state = kDone;
+    bctx::jump_fcontext(w->scheduler, nullptr);  // never returns: the stack is recycled
+    __builtin_unreachable();
+}
+
+inline void switch_to_fiber(Worker* w, Fiber* f, bool start) {
+    if (start) f->context = bctx::make_fcontext(f->stack.lo + f->stack.size, f->stack.size, fiber_entry);
+    bctx::transfer_t t = bctx::jump_fcontext(f->context, w);
+    f->context = t.fctx;
+}
+
+inline void switch_to_scheduler(Worker* w, Fiber* f) {
+    (void)f;
+    bctx::transfer_t t = bctx::jump_fcontext(w->scheduler, nullptr);
+    w->scheduler = t.fctx;
+}
+#endif
+
+// Scheduler side: run fiber f until it parks or finishes.
+inline void resume(Worker* w, Fiber* f) {
+    bool start = f->state == kNew;
+    if (start) {
+        if (w->free_stacks.empty()) w->free_stacks.push_back(new_stack());
+        f->stack = w->free_stacks.back();
+        w->free_stacks.pop_back();
+#if SIMT_ASAN
+        // A recycled stack still carries the poisoned redzones of frames that never returned.
+        __asan_unpoison_memory_region(f->stack.lo, f->stack.size);
+#endif
+    }
+    f->state = kRunning;
+    w->current = f;
+    threadIdx = f->tid;
+    switch_to_fiber(w, f, start);
+    if (f->state == kDone) {
+        w->free_stacks.push_back(f->stack);
+        --w->live;
+    }
+}
+
+// Fiber side: park the current fiber (its state says why) and run the scheduler.
+inline Fiber* current_fiber(const char* what) {
+    Worker* w = tls_worker;
+    if (w == nullptr || w->current == nullptr) {
+        fprintf(stderr, "simt: %s called outside a kernel\n", what);
+        abort();
+    }
+    return w->current;
+}
+
+}  // namespace
+
+// =====================================================================================
+// 5. Barriers and warp operations
+// =====================================================================================
+int block_barrier(BarrierOp op, int predicate, const std::source_location& loc) {
+    Fiber* f = current_fiber("__syncthreads");
+    Worker* w = tls_worker;
+    if (w->aborting) throw FiberUnwind{};
+    f->state = kBarrier;
+    f->op = (unsigned char)op;
+    f->site = loc;
+    f->value = predicate != 0;
+    ++w->barrier_waiters;
+    switch_to_scheduler(w, f);
+    if (w->aborting) throw FiberUnwind{};
+    return (int)f->result;
+}
+
+unsigned long long warp_op(WarpOp op, unsigned mask, unsigned long long value, int arg, int width,
+                           const std::source_location& loc) {
+    Fiber* f = current_fiber("a warp operation");
+    Worker* w = tls_worker;
+    if (w->aborting) throw FiberUnwind{};
+    f->state = kWarp;
+    f->op = (unsigned char)op;
+    f->mask = mask;
+    f->value = value;
+    f->arg = arg;
+    f->width = width;
+    f->site = loc;
+    ++w->warp_waiters;
+    switch_to_scheduler(w, f);
+    if (w->aborting) throw FiberUnwind{};
+    return f->result;
+}
+
+unsigned active_mask() {
+    Fiber* f = current_fiber("__activemask");
+    Worker* w = tls_worker;
+    int linear = (int)(f - w->fibers.data());
+    int base = linear & ~31;
+    unsigned m = 0;
+    for (int l = 0; l < 32 && base + l < w->nthreads; ++l)
+        if (w->fibers[base + l].state != kDone) m |= 1u << l;
+    return m;
+}
+
+}  // namespace detail
+
+[[noreturn]] void trap(const char* why, std::source_location loc) {
+    detail::current_fiber(why);
+    throw detail::DeviceTrap{format("%s at %s:%u", why, loc.file_name(), (unsigned)loc.line())};
+}
+
+namespace detail {
+namespace {
+const char* op_name(FiberState state, unsigned char op) {
+    if (state == kBarrier) {
+        switch ((BarrierOp)op) {
+            case BarrierOp::Sync: return "__syncthreads";
+            case BarrierOp::Count: return "__syncthreads_count";
+            case BarrierOp::And: return "__syncthreads_and";
+            case BarrierOp::Or: return "__syncthreads_or";
+        }
+    }
+    switch ((WarpOp)op) {
+        case WarpOp::Sync: return "__syncwarp";
+        case WarpOp::ShflIdx: return "__shfl_sync";
+        case WarpOp::ShflUp: return "__shfl_up_sync";
+        case WarpOp::ShflDown: return "__shfl_down_sync";
+        case WarpOp::ShflXor: return "__shfl_xor_sync";
+        case WarpOp::Ballot: return "__ballot_sync";
+        case WarpOp::Any: return "__any_sync";
+        case WarpOp::All: return "__all_sync";
+        case WarpOp::ReduceAddU: return "__reduce_add_sync";
+        case WarpOp::ReduceMinU:
+        case WarpOp::ReduceMinI: return "__reduce_min_sync";
+        case WarpOp::ReduceMaxU:
+        case WarpOp::ReduceMaxI: return "__reduce_max_sync";
+        case WarpOp::ReduceAnd: return "__reduce_and_sync";
+        case WarpOp::ReduceOr: return "__reduce_or_sync";
+        case WarpOp::ReduceXor: return "__reduce_xor_sync";
+    }
+    return "?";
+}
+
+bool same_site(const std::source_location& a, const std::source_location& b) {
+    return a.line() == b.line() && a.column() == b.column() &&
+           (a.file_name() == b.file_name() || strcmp(a.file_name(), b.file_name()) == 0);
+}
+
+// "16 threads at tests/x.cuh:12 (__syncthreads), 16 threads exited" over the given fibers.
+std::string describe_threads(Worker* w, int first, int count) {
+    struct Group {
+        FiberState state;
+        unsigned char op;
+        std::source_location site;
+        int n;
+    };
+    std::vector<Group> groups;
+    int exited = 0, running = 0;
+    for (int i = first; i < first + count && i < w->nthreads; ++i) {
+        Fiber& f = w->fibers[i];
+        if (f.state == kDone) {
+            ++exited;
+            continue;
+        }
+        if (f.state != kBarrier && f.state != kWarp) {
+            ++running;
+            continue;
+        }
+        bool found = false;
+        for (Group& g : groups)
+            if (g.state == f.state && g.op == f.op && same_site(g.site, f.site)) {
+                ++g.n;
+                found = true;
+                break;
+            }
+        if (!found) groups.push_back(Group{f.state, f.op, f.site, 1});
+    }
+    std::string s;
+    for (const Group& g : groups) {
+        if (!s.empty()) s += ", ";
+        s += format("%d thread%s at %s:%u (%s)", g.n, g.n == 1 ? "" : "s", g.site.file_name(), (unsigned)g.site.line(),
+                    op_name(g.state, g.op));
+    }
+    if (running) s += format("%s%d threads released", s.empty() ? "" : ", ", running);
+    if (exited) s += format("%s%d thread%s exited", s.empty() ? "" : ", ", exited, exited == 1 ? "" : "s");
+    return s;
+}
+
+void fail_block(Worker* w, const std::string& message) {
+    if (!w->failed) {
+        w->failed = true;
+        w->error = message;
+    }
+    w->aborting = true;
+}
+
+unsigned long long splitmix64(unsigned long long& state) {
+    unsigned long long z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+std::atomic<unsigned long long> g_shuffle{0};
+std::atomic<bool> g_shuffle_init{false};
+
+void shuffle_runlist(Worker* w) {
+    std::vector<int>& r = w->runlist;
+    for (size_t i = r.size(); i > 1; --i) {
+        size_t j = (size_t)(splitmix64(w->rng) % i);
+        std::swap(r[i - 1], r[j]);
+    }
+}
+
+// Completes the warp operations of warp `warp` whose lanes have all arrived. Returns false on error.
+bool resolve_warp(Worker* w, int warp) {
+    const int base = warp * 32;
+    const int lanes = std::min(32, w->nthreads - base);
+    const unsigned exist = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1);
+    Fiber* F = &w->fibers[base];
+    for (int lane = 0; lane < lanes; ++lane) {
+        Fiber& f = F[lane];
+        if (f.state != kWarp) continue;
+        const unsigned M = f.mask & exist;
+        const char* name = op_name(kWarp, f.op);
+        if (!((M >> lane) & 1u)) {
+            fail_block(w, format("simt: warp divergence in kernel '%s' %s: lane %d calls %s at %s:%u with mask 0x%08x "
+                                 "that does not include itself",
+                                 w->launch->name, block_string(*w).c_str(), lane, name, f.site.file_name(),
+                                 (unsigned)f.site.line(), f.mask));
+            return false;
+        }
+        bool complete = true;
+        for (unsigned bits = M; bits; bits &= bits - 1) {
+            int j = __builtin_ctz(bits);
+            if (F[j].state == kDone) {
+                fail_block(w, format("simt: warp divergence in kernel '%s' %s warp %d: %s at %s:%u with mask 0x%08x "
+                                     "names lane %d, which has exited (%s)",
+                                     w->launch->name, block_string(*w).c_str(), warp, name, f.site.file_name(),
+                                     (unsigned)f.site.line(), f.mask, j, describe_threads(w, base, lanes).c_str()));
+                return false;
+            }
+            if (F[j].state != kWarp) complete = false;
+        }
+        if (!complete) continue;
+        for (unsigned bits = M; bits; bits &= bits - 1) {
+            int j = __builtin_ctz(bits);
+            bool same = F[j].op == f.op && (F[j].mask & exist) == M &&
+                        ((WarpOp)f.op == WarpOp::Sync || same_site(F[j].site, f.site));
+            if (!same) {
+                fail_block(w, format("simt: warp divergence in kernel '%s' %s warp %d: lanes of mask 0x%08x are at "
+                                     "different warp operations: %s",
+                                     w->launch->name, block_string(*w).c_str(), warp, f.mask,
+                                     describe_threads(w, base, lanes).c_str()));
+                return false;
+            }
+        }
+        // Everyone is here: exchange.
+        const WarpOp op = (WarpOp)f.op;
+        unsigned long long combined = 0;
+        switch (op) {
+            case WarpOp::Ballot:
+            case WarpOp::Any:
+            case WarpOp::All: {
+                unsigned ballot = 0;
+                for (unsigned bits = M; bits; bits &= bits - 1) {
+                    int j = __builtin_ctz(bits);
+                    if (F[j].value) ballot |= 1u << j;
+                }
+                combined = op == WarpOp::Ballot ? ballot : op == WarpOp::Any ? (ballot != 0) : (ballot == M);
+                break;
+            }
+            case WarpOp::ReduceAddU:
+            case WarpOp::ReduceMinU:
+            case WarpOp::ReduceMaxU:
+            case WarpOp::ReduceMinI:
+            case WarpOp::ReduceMaxI:
+            case WarpOp::ReduceAnd:
+            case WarpOp::ReduceOr:
+            case WarpOp::ReduceXor: {
+                bool first = true;
+                unsigned acc = 0;
+                for (unsigned bits = M; bits; bits &= bits - 1) {
+                    unsigned v = (unsigned)F[__builtin_ctz(bits)].value;
+                    if (first) {
+                        acc = v;
+                        first = false;
+                        continue;
+                    }
+                    switch (op) {
+                        case WarpOp::ReduceAddU: acc += v; break;
+                        case WarpOp::ReduceMinU: acc = std::min(acc, v); break;
+                        case WarpOp::ReduceMaxU: acc = std::max(acc, v); break;
+                        case WarpOp::ReduceMinI: acc = (unsigned)std::min((int)acc, (int)v); break;
+                        case WarpOp::ReduceMaxI: acc = (unsigned)std::max((int)acc, (int)v); break;
+                        case WarpOp::ReduceAnd: acc &= v; break;
+                        case WarpOp::ReduceOr: acc |= v; break;
+                        default: acc ^= v; break;
+                    }
+                }
+                combined = acc;
+                break;
+            }
+            default: break;
+        }
+        const bool is_shuffle = op == WarpOp::ShflIdx || op == WarpOp::ShflUp || op == WarpOp::ShflDown ||
+                                op == WarpOp::ShflXor;
+        if (is_shuffle) {
+            int width = f.width;
+            if (width < 1 || width > 32 || (width & (width - 1)) != 0) {
+                fail_block(w, format("simt: invalid width %d for %s at %s:%u in kernel '%s' (must be a power of 2 "
+                                     "<= 32)",
+                                     width, name, f.site.file_name(), (unsigned)f.site.line(), w->launch->name));
+                return false;
+            }
+        }
+        for (unsigned bits = M; bits; bits &= bits - 1) {
+            const int l = __builtin_ctz(bits);
+            Fiber& g = F[l];
+            if (is_shuffle) {
+                // PTX shfl.sync with c = ((32 - width) << 8) | (up ? 0 : 0x1f).
+                const int segmask = (32 - g.width) & 31;
+                const int cval = op == WarpOp::ShflUp ? 0 : 31;
+                const int bval = g.arg & 31;
+                const int max_lane = (l & segmask) | (cval & ~segmask & 31);
+                const int min_lane = l & segmask;
+                int j = l;
+                bool ok = false;
+                switch (op) {
+                    case WarpOp::ShflUp: j = l - bval; ok = j >= max_lane; break;
+                    case WarpOp::ShflDown: j = l + bval; ok = j <= max_lane; break;
+                    case WarpOp::ShflXor: j = l ^ bval; ok = j <= max_lane; break;
+                    default: j = min_lane | (bval & ~segmask & 31); ok = j <= max_lane; break;
+                }
+                if (!ok) j = l;
+                g.result = ((M >> j) & 1u) ? F[j].value : ~0ull;  // a lane outside the mask: undefined
+            } else {
+                g.result = combined;
+            }
+            g.state = kReady;
+            --w->warp_waiters;
+            w->runlist.push_back(base + l);
+        }
+    }
+    return true;
+}
+
+// Called when no fiber can run: complete warp operations, else the barrier, else report.
+bool resolve(Worker* w) {
+    if (w->warp_waiters > 0) {
+        const int warps = (w->nthreads + 31) / 32;
+        for (int warp = 0; warp < warps; ++warp)
+            if (!resolve_warp(w, warp)) return false;
+        if (!w->runlist.empty()) return true;
+    }
+    if (w->barrier_waiters == w->live && w->live > 0) {
+        Fiber* first = nullptr;
+        int count = 0, all = 1, any = 0;
+        for (int i = 0; i < w->nthreads; ++i) {
+            Fiber& f = w->fibers[i];
+            if (f.state != kBarrier) continue;
+            if (first == nullptr) first = &f;
+            else if (f.op != first->op || !same_site(f.site, first->site)) {
+                fail_block(w, format("simt: barrier divergence in kernel '%s' %s: %s", w->launch->name,
+                                     block_string(*w).c_str(), describe_threads(w, 0, w->nthreads).c_str()));
+                return false;
+            }
+            count += (int)f.value;
+            all &= (int)f.value;
+            any |= (int)f.value;
+        }
+        unsigned long long result = 0;
+        switch ((BarrierOp)first->op) {
+            case BarrierOp::Count: result = (unsigned)count; break;
+            case BarrierOp::And: result = (unsigned)all; break;
+            case BarrierOp::Or: result = (unsigned)any; break;
+            default: break;
+        }
+        for (int i = 0; i < w->nthreads; ++i) {
+            Fiber& f = w->fibers[i];
+            if (f.state != kBarrier) continue;
+            f.state = kReady;
+            f.result = result;
+            w->runlist.push_back(i);
+        }
+        w->barrier_waiters = 0;
+        return true;
+    }
+    fail_block(w, format("simt: %s divergence in kernel '%s' %s: %s", w->warp_waiters ? "warp" : "barrier",
+                         w->launch->name, block_string(*w).c_str(), describe_threads(w, 0, w->nthreads).c_str()));
+    return false;
+}
+
+// Unwinds every parked fiber of an abandoned block (their destructors run) and drops the rest.
+void abort_block(Worker* w) {
+    w->aborting = true;
+    for (int pass = 0; pass < 4 && w->live > 0; ++pass) {
+        for (int i = 0; i < w->nthreads; ++i) {
+            Fiber& f = w->fibers[i];
+            if (f.state == kNew) {
+                f.state = kDone;
+                --w->live;
+            } else if (f.state == kReady || f.state == kBarrier || f.state == kWarp) {
+                resume(w, &f);
+            }
+        }
+    }
+    if (w->live > 0) {
+        fprintf(stderr, "simt: a kernel thread keeps running after its block was abandoned (does it catch "
+                        "everything?)\n");
+        abort();
+    }
+}
+
+void run_block(Worker* w, const Launch& L, unsigned long long linear) {
+    const unsigned gx = L.grid.x, gy = L.grid.y;
+    blockIdx = uint3{(unsigned)(linear % gx), (unsigned)((linear / gx) % gy), (unsigned)(linear / ((unsigned long long)gx * gy))};
+    w->block = linear;
+    const int bx = (int)L.block.x, by = (int)L.block.y;
+    const int n = bx * by * (int)L.block.z;
+    w->nthreads = n;
+    w->live = n;
+    w->barrier_waiters = w->warp_waiters = 0;
+    w->aborting = false;
+    if (L.shared_bytes > 0) memset(w->shared, 0xFF, L.shared_bytes);
+    w->runlist.clear();
+    for (int i = 0; i < n; ++i) {
+        Fiber& f = w->fibers[i];
+        f.state = kNew;
+        f.tid = uint3{(unsigned)(i % bx), (unsigned)((i / bx) % by), (unsigned)(i / (bx * by))};
+        w->runlist.push_back(i);
+    }
+    const unsigned long long seed = g_shuffle.load(std::memory_order_relaxed);
+    if (seed != 0) {
+        w->rng = seed ^ (linear * 0xd1b54a32d192ed03ull);
+        shuffle_runlist(w);
+    }
+    static thread_local std::vector<int> scratch;  // swapped with runlist each round
+    for (;;) {
+        scratch.swap(w->runlist);
+        w->runlist.clear();
+        for (int i : scratch) {
+            resume(w, &w->fibers[i]);
+            if (w->aborting) break;
+        }
+        if (w->aborting) break;
+        if (w->live == 0) break;
+        if (!resolve(w)) break;
+        if (seed != 0) shuffle_runlist(w);
+    }
+    if (w->aborting) abort_block(w);
+    w->current = nullptr;
+}
+}  // namespace
+
+// =====================================================================================
+// 6. Launches and the worker pool
+// =====================================================================================
+namespace {
+std::mutex g_attr_mutex;
+std::map<const void*, size_t> g_max_dynamic_shared;  // kernels that opted in to more shared memory
+
+struct Pool {
+    std::mutex mutex;
+    std::condition_variable start_cv, done_cv;
+    std::vector<std::thread> threads;
+    std::vector<std::unique_ptr<Worker>> workers;  // [0] runs on the launching thread
+    unsigned long long generation = 0;
+    int pending = 0;
+    bool stop = false;
+    const Launch* job = nullptr;
+    unsigned long long total_blocks = 0;
+    std::atomic<bool> grid_failed{false};
+    int configured = 0;
+};
+Pool& pool() {
+    static Pool p;
+    return p;
+}
+std::mutex g_launch_mutex;
+
+void run_share(Worker* w, const Launch& L, unsigned long long total, int nworkers) {
+    Worker* saved = tls_worker;
+    tls_worker = w;
+    ensure_alt_stack();
+    tls_kernel_name = L.name;
+    blockDim = L.block;
+    gridDim = L.grid;
+    dynamic_shared_base = w->shared;
+    Pool& p = pool();
+    for (unsigned long long b = (unsigned long long)w->index; b < total; b += (unsigned long long)nworkers) {
+        if (p.grid_failed.load(std::memory_order_relaxed)) break;
+        w->failed = false;
+        w->launch = &L;
+        run_block(w, L, b);
+        if (w->failed) {
+            p.grid_failed.store(true);
+            break;
+        }
+    }
+    tls_kernel_name = nullptr;
+    tls_worker = saved;
+}
+
+void worker_main(Worker* w, unsigned long long seen) {
+    Pool& p = pool();
+    for (;;) {
+        const Launch* job;
+        unsigned long long total;
+        int n;
+        {
+            std::unique_lock<std::mutex> lock(p.mutex);
+            p.start_cv.wait(lock, [&] { return p.stop || p.generation != seen; });
+            if (p.stop) return;
+            seen = p.generation;
+            job = p.job;
+            total = p.total_blocks;
+            n = (int)p.workers.size();
+        }
+        run_share(w, *job, total, n);
+        {
+            std::lock_guard<std::mutex> lock(p.mutex);
+            if (--p.pending == 0) p.done_cv.notify_one();
+        }
+    }
+}
+
+void configure_pool(int n) {
+    Pool& p = pool();
+    if (n < 1) n = 1;
+    if (n > 256) n = 256;
+    {
+        std::lock_guard<std::mutex> lock(p.mutex);
+        p.stop = true;
+    }
+    p.start_cv.notify_all();
+    for (std::thread& t : p.threads) t.join();
+    p.threads.clear();
+    p.stop = false;
+    while ((int)p.workers.size() < n) {
+        p.workers.push_back(std::make_unique<Worker>());
+        p.workers.back()->index = (int)p.workers.size() - 1;
+    }
+    p.workers.resize(n);
+    for (int i = 1; i < n; ++i) p.threads.emplace_back(worker_main, p.workers[i].get(), p.generation);
+    p.configured = n;
+}
+
+void ensure_pool() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        if (pool().configured == 0) configure_pool((int)env_long("SIMT_THREADS", 1));
+    });
+}
+}  // namespace
+
+bool validate_launch(const Launch& L) {
+    const dim3 g = L.grid, b = L.block;
+    const unsigned long long threads = (unsigned long long)b.x * b.y * b.z;
+    const char* why = nullptr;
+    if (g.x == 0 || g.y == 0 || g.z == 0 || b.x == 0 || b.y == 0 || b.z == 0) why = "a zero dimension";
+    else if (threads > (unsigned long long)kMaxThreadsPerBlock) why = "more than 1024 threads per block";
+    else if (b.x > 1024 || b.y > 1024 || b.z > 64) why = "block dimensions above (1024, 1024, 64)";
+    else if (g.x > 2147483647u || g.y > 65535 || g.z > 65535) why = "grid dimensions above (2^31-1, 65535, 65535)";
+    if (why != nullptr) {
+        report(cudaErrorInvalidConfiguration,
+               format("simt: invalid configuration for kernel '%s': grid (%u,%u,%u), block (%u,%u,%u): %s", L.name, g.x,
+                      g.y, g.z, b.x, b.y, b.z, why));
+        return false;
+    }
+    size_t limit = kDefaultDynamicShared;
+    {
+        std::lock_guard<std::mutex> lock(g_attr_mutex);
+        auto it = g_max_dynamic_shared.find(L.kernel);
+        if (it != g_max_dynamic_shared.end()) limit = std::max(limit, it->second);
+    }
+    if (L.shared_bytes > limit) {
+        report(cudaErrorInvalidValue,
+               format("simt: kernel '%s' launched with %zu bytes of dynamic shared memory; the limit is %zu bytes%s",
+                      L.name, L.shared_bytes, limit,
+                      limit == kDefaultDynamicShared
+                          ? " (raise it with cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, "
+                            "bytes), at most 163 KiB)"
+                          : ""));
+        return false;
+    }
+    return true;
+}
+
+bool check_pointer_argument(const char* kernel, int index, const void* p) {
+    if (!is_device_pointer(p)) {
+        report(cudaErrorInvalidValue,
+               format("simt: kernel '%s' argument %d is a host pointer (%p); kernels can only dereference device "
+                      "memory",
+                      kernel, index, p));
+        return false;
+    }
+    if (find_allocation(p, 0).second == 0) {
+        report(cudaErrorInvalidValue,
+               format("simt: kernel '%s' argument %d (%p) points into device memory that is not allocated (freed?)",
+                      kernel, index, p));
+        return false;
+    }
+    return true;
+}
+
+void run_launch(const Launch& L) {
+    std::lock_guard<std::mutex> launch_lock(g_launch_mutex);
+    ensure_pool();
+    DeviceAccess access;
+    Pool& p = pool();
+    const unsigned long long total = (unsigned long long)L.grid.x * L.grid.y * L.grid.z;
+    p.grid_failed.store(false);
+    const int n = (int)p.workers.size();
+    if (n > 1 && total > 1) {
+        {
+            std::lock_guard<std::mutex> lock(p.mutex);
+            p.job = &L;
+            p.total_blocks = total;
+            p.pending = n - 1;
+            ++p.generation;
+        }
+        p.start_cv.notify_all();
+        run_share(p.workers[0].get(), L, total, n);
+        std::unique_lock<std::mutex> lock(p.mutex);
+        p.done_cv.wait(lock, [&] { return p.pending == 0; });
+    } else {
+        run_share(p.workers[0].get(), L, total, 1);
+    }
+    if (p.grid_failed.load()) {
+        // Report the failure of the lowest-numbered failed block (deterministic for any worker count).
+        Worker* first = nullptr;
+        for (auto& w : p.workers)
+            if (w->failed && (first == nullptr || w->block < first->block)) first = w.get();
+        for (auto& w : p.workers) w->failed = false;
+        if (first != nullptr) report(cudaErrorLaunchFailure, first->error, /*async=*/true);
+    }
+}
+}  // namespace detail
+
+void set_worker_threads(int n) {
+    std::lock_guard<std::mutex> launch_lock(detail::g_launch_mutex);
+    detail::configure_pool(n);
+}
+int worker_threads() {
+    detail::ensure_pool();
+    return (int)detail::pool().workers.size();
+}
+void set_shuffle(unsigned long long seed) {
+    detail::g_shuffle_init = true;
+    detail::g_shuffle = seed;
+}
+unsigned long long shuffle_seed() { return detail::g_shuffle.load(); }
+
+namespace {
+// SIMT_SHUFFLE is read when the program starts.
+struct EnvInit {
+    EnvInit() {
+        long s = env_long("SIMT_SHUFFLE", 0);
+        if (s != 0 && !detail::g_shuffle_init) detail::g_shuffle = (unsigned long long)s;
+    }
+} g_env_init;
+}  // namespace
+
+const char* backend_name() {
+    static std::string name;
+    name = format("CPU (SIMT layer, %d worker thread%s)", worker_threads(), worker_threads() == 1 ? "" : "s");
+    return name.c_str();
+}
+}  // namespace simt
+
+// =====================================================================================
+// 7. Runtime API
+// =====================================================================================
+using simt::format;
+using simt::report;
+
+namespace {
+bool host_range_ok(const void* p) { return !simt::is_device_pointer(p); }
+}  // namespace
+
+cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+    if (ptr == nullptr) return report(cudaErrorInvalidValue, "simt: cudaMalloc with a null result pointer");
+    *ptr = nullptr;
+    if (bytes == 0) return cudaSuccess;
+    char* base = simt::region();
+    simt::DeviceAccess access;
+    simt::DeviceMemory& m = simt::dmem();
+    size_t rounded = (bytes + simt::kAlign - 1) / simt::kAlign * simt::kAlign;
+    size_t offset = 0;
+    {
+        std::lock_guard<std::recursive_mutex> lock(m.mutex);
+        auto it = m.free_blocks.begin();
+        while (it != m.free_blocks.end() && it->second < rounded) ++it;
+        if (it == m.free_blocks.end())
+            return report(cudaErrorMemoryAllocation,
+                          format("simt: cudaMalloc of %zu bytes: out of device memory (SIMT_DEVICE_GIB)", bytes));
+        offset = it->first;
+        size_t remaining = it->second - rounded;
+        m.free_blocks.erase(it);
+        if (remaining > 0) m.free_blocks[offset + rounded] = remaining;
+        m.allocations[offset] = bytes;
+        m.rounded[offset] = rounded;
+        size_t end = (offset + rounded + simt::kPage - 1) / simt::kPage * simt::kPage;
+        if (end > m.committed) {
+            simt::protect_range(base + m.committed, end - m.committed, true);  // we hold DeviceAccess
+            m.committed = end;
+        }
+    }
+    memset(base + offset, 0xFF, rounded);  // never-written memory reads as NaN / -1
+    *ptr = base + offset;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* ptr) {
+    if (ptr == nullptr) return cudaSuccess;
+    simt::DeviceMemory& m = simt::dmem();
+    char* base = m.base.load();
+    if (!simt::is_device_pointer(ptr))
+        return report(cudaErrorInvalidValue, format("simt: cudaFree(%p): not a device pointer", ptr));
+    std::lock_guard<std::recursive_mutex> lock(m.mutex);
+    size_t offset = (size_t)((char*)ptr - base);
+    auto it = m.allocations.find(offset);
+    if (it == m.allocations.end())
+        return report(cudaErrorInvalidValue,
+                      format("simt: cudaFree(%p): not the start of a live allocation (double free?)", ptr));
+    size_t size = m.rounded[offset];
+    m.allocations.erase(it);
+    m.rounded.erase(offset);
+    // Insert into the free list and merge with the neighbours.
+    auto next = m.free_blocks.lower_bound(offset);
+    if (next != m.free_blocks.end() && next->first == offset + size) {
+        size += next->second;
+        next = m.free_blocks.erase(next);
+    }
+    if (next != m.free_blocks.begin()) {
+        auto prev = std::prev(next);
+        if (prev->first + prev->second == offset) {
+            prev->second += size;
+            offset = prev->first;
+            size = prev->second;
+        } else {
+            m.free_blocks[offset] = size;
+        }
+    } else {
+        m.free_blocks[offset] = size;
+    }
+    // Give big freed ranges back to the OS (they are refilled with 0xFF when allocated again).
+    size_t lo = (offset + simt::kPage - 1) / simt::kPage * simt::kPage;
+    size_t hi = std::min((offset + size) / simt::kPage * simt::kPage, m.committed);
+    if (hi > lo && hi - lo >= (1u << 20)) madvise(base + lo, hi - lo, MADV_DONTNEED);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** ptr, size_t bytes) {
+    if (ptr == nullptr) return report(cudaErrorInvalidValue, "simt: cudaMallocHost with a null result pointer");
+    *ptr = aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+    return *ptr || bytes == 0 ? cudaSuccess : report(cudaErrorMemoryAllocation, "simt: cudaMallocHost failed");
+}
+cudaError_t cudaFreeHost(void* ptr) {
+    free(ptr);
+    return cudaSuccess;
+}
+
+namespace {
+const char* kind_name(cudaMemcpyKind kind) {
+    switch (kind) {
+        case cudaMemcpyHostToHost: return "cudaMemcpyHostToHost";
+        case cudaMemcpyHostToDevice: return "cudaMemcpyHostToDevice";
+        case cudaMemcpyDeviceToHost: return "cudaMemcpyDeviceToHost";
+        case cudaMemcpyDeviceToDevice: return "cudaMemcpyDeviceToDevice";
+        case cudaMemcpyDefault: return "cudaMemcpyDefault";
+    }
+    return "?";
+}
+
+// Validates one side of a copy: device memory must be one live allocation, host memory must not
+// be in the device region.
+cudaError_t check_side(const char* call, const char* side, const void* p, size_t bytes, bool device,
+                       cudaMemcpyKind kind) {
+    if (device) {
+        if (!simt::is_device_pointer(p))
+            return report(cudaErrorInvalidValue, format("simt: %s(%s): %s %p is not a device pointer", call,
+                                                        kind_name(kind), side, p));
+        if (!simt::inside_allocation(p, bytes))
+            return report(cudaErrorInvalidValue,
+                          format("simt: %s(%s): %s range [%p, +%zu bytes) is not inside one live cudaMalloc "
+                                 "allocation",
+                                 call, kind_name(kind), side, p, bytes));
+    } else if (!host_range_ok(p)) {
+        return report(cudaErrorInvalidValue,
+                      format("simt: %s(%s): %s %p is a device pointer", call, kind_name(kind), side, p));
+    }
+    return cudaSuccess;
+}
+
+cudaError_t memcpy_impl(const char* call, void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    if (bytes == 0) return cudaSuccess;
+    if (dst == nullptr || src == nullptr)
+        return report(cudaErrorInvalidValue, format("simt: %s with a null pointer", call));
+    bool dst_dev, src_dev;
+    switch (kind) {
+        case cudaMemcpyHostToHost: dst_dev = false, src_dev = false; break;
+        case cudaMemcpyHostToDevice: dst_dev = true, src_dev = false; break;
+        case cudaMemcpyDeviceToHost: dst_dev = false, src_dev = true; break;
+        case cudaMemcpyDeviceToDevice: dst_dev = true, src_dev = true; break;
+        case cudaMemcpyDefault:
+            dst_dev = simt::is_device_pointer(dst);
+            src_dev = simt::is_device_pointer(src);
+            break;
+        default:
+            return report(cudaErrorInvalidMemcpyDirection, format("simt: %s with invalid kind %d", call, (int)kind));
+    }
+    if (cudaError_t e = check_side(call, "destination", dst, bytes, dst_dev, kind)) return e;
+    if (cudaError_t e = check_side(call, "source", src, bytes, src_dev, kind)) return e;
+    if (src_dev && !dst_dev) simt::g_d2h_copies++;
+    if (src_dev || dst_dev) {
+        simt::DeviceAccess access;
+        memmove(dst, src, bytes);
+    } else {
+        memmove(dst, src, bytes);
+    }
+    return cudaSuccess;
+}
+}  // namespace
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    simt::g_syncs++;  // cudaMemcpy synchronizes with the device
+    if (cudaError_t e = simt::take_async_error()) return e;
+    return memcpy_impl("cudaMemcpy", dst, src, bytes, kind);
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+    return memcpy_impl("cudaMemcpyAsync", dst, src, bytes, kind);
+}
+
+cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
+    if (bytes == 0) return cudaSuccess;
+    if (!simt::is_device_pointer(ptr) || !simt::inside_allocation(ptr, bytes))
+        return report(cudaErrorInvalidValue,
+                      format("simt: cudaMemset(%p, %d, %zu): not inside one live cudaMalloc allocation", ptr, value,
+                             bytes));
+    simt::DeviceAccess access;
+    memset(ptr, value, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t) { return cudaMemset(ptr, value, bytes); }
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+    simt::region();
+    simt::DeviceMemory& m = simt::dmem();
+    std::lock_guard<std::recursive_mutex> lock(m.mutex);
+    size_t used = 0;
+    for (auto& a : m.rounded) used += a.second;
+    if (free_bytes) *free_bytes = m.reserved - used;
+    if (total_bytes) *total_bytes = m.reserved;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize() {
+    simt::g_syncs++;
+    return simt::take_async_error();
+}
+cudaError_t cudaDeviceReset() { return cudaSuccess; }
+
+cudaError_t cudaGetLastError() {
+    std::lock_guard<std::mutex> lock(simt::g_error_mutex);
+    cudaError_t e = simt::g_last_error;
+    simt::g_last_error = cudaSuccess;
+    simt::g_async_error = cudaSuccess;  // not sticky: one read clears it
+    return e;
+}
+cudaError_t cudaPeekAtLastError() {
+    std::lock_guard<std::mutex> lock(simt::g_error_mutex);
+    return simt::g_last_error;
+}
+
+const char* cudaGetErrorName(cudaError_t error) {
+    switch (error) {
+        case cudaSuccess: return "cudaSuccess";
+        case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+        case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+        case cudaErrorInitializationError: return "cudaErrorInitializationError";
+        case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+        case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+        case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
+        case cudaErrorInvalidDeviceFunction: return "cudaErrorInvalidDeviceFunction";
+        case cudaErrorNoDevice: return "cudaErrorNoDevice";
+        case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+        case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+        case cudaErrorNotReady: return "cudaErrorNotReady";
+        case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+        case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
+        case cudaErrorAssert: return "cudaErrorAssert";
+        case cudaErrorIllegalInstruction: return "cudaErrorIllegalInstruction";
+        case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+        case cudaErrorNotSupported: return "cudaErrorNotSupported";
+        case cudaErrorUnknown: return "cudaErrorUnknown";
+    }
+    return "cudaErrorUnknown";
+}
+
+const char* cudaGetErrorString(cudaError_t error) {
+    switch (error) {
+        case cudaSuccess: return "no error";
+        case cudaErrorInvalidValue: return "invalid argument";
+        case cudaErrorMemoryAllocation: return "out of memory";
+        case cudaErrorInitializationError: return "initialization error";
+        case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+        case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+        case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+        case cudaErrorInvalidDeviceFunction: return "invalid device function";
+        case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+        case cudaErrorInvalidDevice: return "invalid device ordinal";
+        case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+        case cudaErrorNotReady: return "device not ready";
+        case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+        case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+        case cudaErrorAssert: return "device-side assert triggered";
+        case cudaErrorIllegalInstruction: return "an illegal instruction was encountered";
+        case cudaErrorLaunchFailure: return "unspecified launch failure";
+        case cudaErrorNotSupported: return "operation not supported";
+        case cudaErrorUnknown: return "unknown error";
+    }
+    return "unknown error";
+}
+
+cudaError_t cudaGetDeviceCount(int* count) {
+    if (count) *count = 1;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+    if (device) *device = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+    if (device != 0) return report(cudaErrorInvalidDevice, format("simt: cudaSetDevice(%d): only device 0", device));
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+    if (prop == nullptr || device != 0) return report(cudaErrorInvalidValue, "simt: cudaGetDeviceProperties: bad argument");
+    memset(prop, 0, sizeof *prop);
+    snprintf(prop->name, sizeof prop->name, "%s", simt::backend_name());
+    simt::region();
+    prop->totalGlobalMem = simt::dmem().reserved;
+    prop->sharedMemPerBlock = simt::kDefaultDynamicShared;
+    prop->sharedMemPerBlockOptin = simt::kMaxDynamicSharedOptin;
+    prop->regsPerBlock = 65536;
+    prop->warpSize = 32;
+    prop->maxThreadsPerBlock = 1024;
+    prop->maxThreadsDim[0] = 1024, prop->maxThreadsDim[1] = 1024, prop->maxThreadsDim[2] = 64;
+    prop->maxGridSize[0] = 2147483647, prop->maxGridSize[1] = 65535, prop->maxGridSize[2] = 65535;
+    prop->multiProcessorCount = simt::worker_threads();
+    prop->major = 8;
+    prop->minor = 0;
+    return cudaSuccess;
+}
+
+struct CUstream_st {
+    int unused;
+};
+struct CUevent_st {
+    std::chrono::steady_clock::time_point time;
+    bool recorded;
+};
+
+cudaError_t cudaStreamCreate(cudaStream_t* stream) {
+    if (stream == nullptr) return report(cudaErrorInvalidValue, "simt: cudaStreamCreate(nullptr)");
+    *stream = new CUstream_st{0};
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    delete stream;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+    simt::g_syncs++;
+    return simt::take_async_error();
+}
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+    if (event == nullptr) return report(cudaErrorInvalidValue, "simt: cudaEventCreate(nullptr)");
+    *event = new CUevent_st{{}, false};
+    return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+    delete event;
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+    if (event == nullptr) return report(cudaErrorInvalidResourceHandle, "simt: cudaEventRecord(nullptr)");
+    event->time = std::chrono::steady_clock::now();
+    event->recorded = true;
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+    simt::g_syncs++;
+    if (event == nullptr) return report(cudaErrorInvalidResourceHandle, "simt: cudaEventSynchronize(nullptr)");
+    return simt::take_async_error();
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+    if (ms == nullptr || start == nullptr || end == nullptr)
+        return report(cudaErrorInvalidValue, "simt: cudaEventElapsedTime: null argument");
+    if (!start->recorded || !end->recorded)
+        return report(cudaErrorInvalidResourceHandle, "simt: cudaEventElapsedTime: event was never recorded");
+    *ms = std::chrono::duration<float, std::milli>(end->time - start->time).count();
+    return cudaSuccess;
+}
+
+cudaError_t simt_func_set_attribute(const void* kernel, cudaFuncAttribute attribute, int value) {
+    if (attribute == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+        if (value < 0 || (size_t)value > simt::kMaxDynamicSharedOptin)
+            return report(cudaErrorInvalidValue,
+                          format("simt: cudaFuncSetAttribute: %d bytes of dynamic shared memory requested; the "
+                                 "maximum is %zu",
+                                 value, simt::kMaxDynamicSharedOptin));
+        std::lock_guard<std::mutex> lock(simt::detail::g_attr_mutex);
+        simt::detail::g_max_dynamic_shared[kernel] = (size_t)value;
+        return cudaSuccess;
+    }
+    if (attribute == cudaFuncAttributePreferredSharedMemoryCarveout) return cudaSuccess;
+    return report(cudaErrorInvalidValue, format("simt: cudaFuncSetAttribute: unsupported attribute %d", (int)attribute));
+}
+
+// =====================================================================================
+// 8. cuBLAS on OpenBLAS
+// =====================================================================================
+struct cublasContext {
+    cudaStream_t stream;
+};
+
+cublasStatus_t cublasCreate(cublasHandle_t* handle) {
+    if (handle == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
+    *handle = new cublasContext{nullptr};
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy(cublasHandle_t handle) {
+    if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+    delete handle;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
+    if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+    handle->stream = stream;
+    return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t) {
+    return handle == nullptr ? CUBLAS_STATUS_NOT_INITIALIZED : CUBLAS_STATUS_SUCCESS;
+}
+
+namespace {
+cublasStatus_t blas_error(const std::string& message) {
+    fprintf(stderr, "%s\n", message.c_str());
+    {
+        std::lock_guard<std::mutex> lock(simt::g_error_mutex);
+        simt::g_last_message = message;
+    }
+    return CUBLAS_STATUS_INVALID_VALUE;
+}
+
+// A column-major rows x cols matrix with leading dimension ld, repeated `batch` times `stride`
+// apart, must lie inside one live allocation.
+cublasStatus_t check_matrix(const char* call, const char* name, const float* p, long rows, long cols, long ld,
+                            long long stride, int batch) {
+    if (rows == 0 || cols == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+    if (!simt::is_device_pointer(p))
+        return blas_error(format("simt: %s: %s = %p is not a device pointer (on a GPU this faults)", call, name,
+                                 (const void*)p));
+    long long last = (long long)(cols - 1) * ld + (rows - 1);
+    long long lo = std::min(0LL, stride * (batch - 1)), hi = std::max(0LL, stride * (batch - 1)) + last;
+    if (!simt::inside_allocation(p + lo, (size_t)(hi - lo + 1) * sizeof(float)))
+        return blas_error(format("simt: %s: matrix %s (%ld x %ld, ld %ld%s) reaches outside its cudaMalloc "
+                                 "allocation",
+                                 call, name, rows, cols, ld, batch > 1 ? ", batched" : ""));
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t gemm_checked(const char* call, cublasHandle_t handle, cublasOperation_t transa,
+                            cublasOperation_t transb, int m, int n, int k, const float* alpha, const float* A, int lda,
+                            long long strideA, const float* B, int ldb, long long strideB, const float* beta, float* C,
+                            int ldc, long long strideC, int batch) {
+    if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+    if ((transa != CUBLAS_OP_N && transa != CUBLAS_OP_T) || (transb != CUBLAS_OP_N && transb != CUBLAS_OP_T))
+        return blas_error(format("simt: %s: only CUBLAS_OP_N and CUBLAS_OP_T are supported", call));
+    if (m < 0 || n < 0 || k < 0 || batch < 0)
+        return blas_error(format("simt: %s: negative size (m %d, n %d, k %d, batch %d)", call, m, n, k, batch));
+    const int rows_a = transa == CUBLAS_OP_N ? m : k, cols_a = transa == CUBLAS_OP_N ? k : m;
+    const int rows_b = transb == CUBLAS_OP_N ? k : n, cols_b = transb == CUBLAS_OP_N ? n : k;
+    if (lda < std::max(1, rows_a))
+        return blas_error(format("simt: %s: lda = %d < max(1, %s) = %d", call, lda, transa == CUBLAS_OP_N ? "m" : "k",
+                                 std::max(1, rows_a)));
+    if (ldb < std::max(1, rows_b))
+        return blas_error(format("simt: %s: ldb = %d < max(1, %s) = %d", call, ldb, transb == CUBLAS_OP_N ? "k" : "n",
+                                 std::max(1, rows_b)));
+    if (ldc < std::max(1, m)) return blas_error(format("simt: %s: ldc = %d < max(1, m) = %d", call, ldc, std::max(1, m)));
+    if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+    if (alpha == nullptr || beta == nullptr || simt::is_device_pointer(alpha) || simt::is_device_pointer(beta))
+        return blas_error(format("simt: %s: alpha and beta must be host pointers (pointer mode host)", call));
+    if (k > 0) {
+        if (cublasStatus_t s = check_matrix(call, "A", A, rows_a, cols_a, lda, strideA, batch)) return s;
+        if (cublasStatus_t s = check_matrix(call, "B", B, rows_b, cols_b, ldb, strideB, batch)) return s;
+    }
+    if (cublasStatus_t s = check_matrix(call, "C", C, m, n, ldc, strideC, batch)) return s;
+
+    simt::DeviceAccess access;
+    const float a = *alpha, b = *beta;
+    for (int i = 0; i < batch; ++i) {
+        float* c = C + strideC * i;
+        if (k == 0 || a == 0.0f) {
+            // C = beta * C (beta == 0 writes zeros without reading C, as BLAS does).
+            for (int col = 0; col < n; ++col)
+                for (int row = 0; row < m; ++row) {
+                    float& x = c[(long)col * ldc + row];
+                    x = b == 0.0f ? 0.0f : b * x;
+                }
+            continue;
+        }
+        cblas_sgemm(CblasColMajor, transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                    transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, a, A + strideA * i, lda,
+                    B + strideB * i, ldb, b, c, ldc);
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+}  // namespace
+
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                           int k, const float* alpha, const float* A, int lda, const float* B, int ldb,
+                           const float* beta, float* C, int ldc) {
+    return gemm_checked("cublasSgemm", handle, transa, transb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0,
+                        1);
+}
+
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
+                                         int m, int n, int k, const float* alpha, const float* A, int lda,
+                                         long long strideA, const float* B, int ldb, long long strideB,
+                                         const float* beta, float* C, int ldc, long long strideC, int batchCount) {
+    return gemm_checked("cublasSgemmStridedBatched", handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb,
+                        strideB, beta, C, ldc, strideC, batchCount);
+}
+
+// =====================================================================================
+// 9. cuRAND
+// =====================================================================================
+namespace {
+curandStatus_t check_rng_output(const char* call, const float* out, size_t n) {
+    if (n == 0) return CURAND_STATUS_SUCCESS;
+    if (!simt::is_device_pointer(out) || !simt::inside_allocation(out, n * sizeof(float))) {
+        std::string message = format("simt: %s: output [%p, +%zu floats) is not inside one live cudaMalloc "
+                                     "allocation",
+                                     call, (const void*)out, n);
+        fprintf(stderr, "%s\n", message.c_str());
+        std::lock_guard<std::mutex> lock(simt::g_error_mutex);
+        simt::g_last_message = message;
+        return CURAND_STATUS_LAUNCH_FAILURE;
+    }
+    return CURAND_STATUS_SUCCESS;
+}
+}  // namespace
+
+#ifndef SIMT_NO_CURAND
+// The real libcurand C functions, reached under other C++ names through asm labels (our C++
+// wrappers below take the plain names).
+extern "C" curandStatus_t simt_real_curand_normal(curandGenerator_t, float*, size_t, float, float) __asm__(
+    "curandGenerateNormal");
+extern "C" curandStatus_t simt_real_curand_uniform(curandGenerator_t, float*, size_t) __asm__("curandGenerateUniform");
+
+curandStatus_t curandGenerateNormal(curandGenerator_t generator, float* out, size_t n, float mean, float stddev) {
+    if (curandStatus_t s = check_rng_output("curandGenerateNormal", out, n)) return s;
+    simt::DeviceAccess access;
+    return simt_real_curand_normal(generator, out, n, mean, stddev);
+}
+curandStatus_t curandGenerateUniform(curandGenerator_t generator, float* out, size_t n) {
+    if (curandStatus_t s = check_rng_output("curandGenerateUniform", out, n)) return s;
+    simt::DeviceAccess access;
+    return simt_real_curand_uniform(generator, out, n);
+}
+#else
+// Built-in fallback when libcurand is not installed: same API, different (but fixed) numbers.
+struct curandGenerator_st {
+    unsigned long long seed = 0, offset = 0;
+};
+namespace {
+unsigned long long mix(unsigned long long x) {
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+// The i-th number of the stream, uniform in (0, 1].
+float uniform_at(const curandGenerator_st* g, unsigned long long i) {
+    unsigned long long bits = mix(g->seed * 0x9e3779b97f4a7c15ull + mix(g->offset + i + 1));
+    return (float)(((bits >> 40) + 1) * (1.0 / 16777216.0));
+}
+void fallback_note() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        fprintf(stderr, "simt: built without libcurand (SIMT_NO_CURAND): using a built-in generator; random numbers "
+                        "differ from cuRAND's\n");
+    });
+}
+}  // namespace
+extern "C" curandStatus_t curandCreateGeneratorHost(curandGenerator_t* generator, curandRngType_t) {
+    fallback_note();
+    if (generator == nullptr) return CURAND_STATUS_NOT_INITIALIZED;
+    *generator = new curandGenerator_st();
+    return CURAND_STATUS_SUCCESS;
+}
+extern "C" curandStatus_t curandDestroyGenerator(curandGenerator_t generator) {
+    if (generator == nullptr) return CURAND_STATUS_NOT_INITIALIZED;
+    delete generator;
+    return CURAND_STATUS_SUCCESS;
+}
+extern "C" curandStatus_t curandSetPseudoRandomGeneratorSeed(curandGenerator_t generator, unsigned long long seed) {
+    if (generator == nullptr) return CURAND_STATUS_NOT_INITIALIZED;
+    generator->seed = seed;
+    generator->offset = 0;
+    return CURAND_STATUS_SUCCESS;
+}
+extern "C" curandStatus_t curandSetGeneratorOffset(curandGenerator_t generator, unsigned long long offset) {
+    if (generator == nullptr) return CURAND_STATUS_NOT_INITIALIZED;
+    generator->offset = offset;
+    return CURAND_STATUS_SUCCESS;
+}
+curandStatus_t curandGenerateNormal(curandGenerator_t g, float* out, size_t n, float mean, float stddev) {
+    if (g == nullptr) return CURAND_STATUS_NOT_INITIALIZED;
+    if (n % 2 != 0) return CURAND_STATUS_LENGTH_NOT_MULTIPLE;
+    if (curandStatus_t s = check_rng_output("curandGenerateNormal", out, n)) return s;
+    simt::DeviceAccess access;
+    for (size_t i = 0; i < n; i += 2) {  // Box-Muller
+        float u1 = uniform_at(g, i), u2 = uniform_at(g, i + 1);
+        float r = sqrtf(-2.0f * logf(u1)), t = 6.2831853071795864f * u2;
+        out[i] = mean + stddev * r * cosf(t);
+        out[i + 1] = mean + stddev * r * sinf(t);
+    }
+    g->offset += n;
+    return CURAND_STATUS_SUCCESS;
+}
+curandStatus_t curandGenerateUniform(curandGenerator_t g, float* out, size_t n) {
+    if (g == nullptr) return CURAND_STATUS_NOT_INITIALIZED;
+    if (curandStatus_t s = check_rng_output("curandGenerateUniform", out, n)) return s;
+    simt::DeviceAccess access;
+    for (size_t i = 0; i < n; ++i) out[i] = uniform_at(g, i);
+    g->offset += n;
+    return CURAND_STATUS_SUCCESS;
+}
+#endif
