@@ -187,13 +187,12 @@ inline void moe_activation_views(MoeActivations& acts, float* float_base, int* i
 // never straddles a warp); lane l of the group handles columns l, l+tpr, l+2tpr, ... On a GPU the
 // group reads tpr consecutive floats per step; on the CPU layer, where every thread is a fiber that
 // costs ~50 ns to start, a thread gets a row segment of about MOE_ROW_SEGMENT elements.
-constexpr int MOE_ROW_SEGMENT = 16;
+constexpr int MOE_ROW_SEGMENT = 32;
 constexpr int MOE_ROW_BLOCK = 128;      // threads per block of a row kernel (a multiple of 32)
 constexpr int MOE_TOKEN_BLOCK = 64;     // threads per block of a thread-per-token kernel
 constexpr int MOE_SCAN_THREADS = 64;    // threads of a capacity-scan block
 constexpr int MOE_REDUCE_THREADS = 256; // threads of the aux/z block (8 warps)
-constexpr int MOE_ELEMENTWISE_BLOCK = 256;
-constexpr int MOE_ELEMENTWISE_PER_THREAD = 32;
+constexpr int MOE_COLUMN_BLOCK = 256;   // threads per block of the column-sum (bias gradient) kernel
 
 inline int moe_threads_per_row(int width) {
     int t = 1;
@@ -209,17 +208,20 @@ inline int moe_row_grid(long rows, int tpr) { return std::max(1, ceil_div(rows *
 __device__ inline float moe_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 __device__ inline float moe_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// GELU, tanh form (CONTRACT.md):  GELU(z) = 0.5 z (1 + tanh(a)),  a = sqrt(2/pi) (z + 0.044715 z^3).
+// Since 0.5 (1 + tanh(a)) = sigmoid(2a), the same function is z * sigmoid(2a): one expf instead of a
+// tanhf (3-4x cheaper on the CPU layer, and as cheap as it gets on a GPU).
 #define MOE_GELU_SCALE 0.7978845608028654f  // sqrt(2/pi)
 __device__ inline float moe_gelu(float z) {
-    float cube = 0.044715f * z * z * z;
-    return 0.5f * z * (1.0f + tanhf(MOE_GELU_SCALE * (z + cube)));
+    const float a = MOE_GELU_SCALE * (z + 0.044715f * z * z * z);
+    return z / (1.0f + expf(-2.0f * a));
 }
-// d GELU / dz = 0.5 (1 + tanh(a)) + 0.5 z (1 - tanh(a)^2) sqrt(2/pi) (1 + 3 * 0.044715 z^2),  a = sqrt(2/pi)(z + 0.044715 z^3)
+// d GELU / dz = 0.5 (1 + tanh a) + 0.5 z (1 - tanh^2 a) da/dz,   da/dz = sqrt(2/pi) (1 + 3 * 0.044715 z^2)
+//             = s + 2 z s (1 - s) da/dz,                          s = sigmoid(2a)
 __device__ inline float moe_gelu_grad(float z) {
-    float a = MOE_GELU_SCALE * (z + 0.044715f * z * z * z);
-    float th = tanhf(a);
-    float sech2 = 1.0f - th * th;
-    return 0.5f * (1.0f + th) + 0.5f * z * sech2 * MOE_GELU_SCALE * (1.0f + 3.0f * 0.044715f * z * z);
+    const float a = MOE_GELU_SCALE * (z + 0.044715f * z * z * z);
+    const float s = 1.0f / (1.0f + expf(-2.0f * a));
+    return s + 2.0f * z * s * (1.0f - s) * MOE_GELU_SCALE * (1.0f + 3.0f * 0.044715f * z * z);
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -413,9 +415,12 @@ __global__ void moe_dispatch_kernel(float* expert_in,        // (E,R,C)
 // 5. bias + GELU for a batch of hidden layers (routed: batch E of R rows; shared: batch S of N rows)
 //
 //   pre[b,m,f] += b1[b,f];   act[b,m,f] = GELU(pre[b,m,f])
-__global__ void moe_bias_gelu_kernel(float* pre,         // (B,M,W) in: x W1^T, out: + bias
-                                     float* act,         // (B,M,W)
-                                     const float* bias,  // (B,W)
+// An empty buffer row (row_choice < 0) is nobody's token: it gets pre = act = 0 without the exp,
+// which is what the padding of the capacity buffers would otherwise cost.
+__global__ void moe_bias_gelu_kernel(float* pre,            // (B,M,W) in: x W1^T, out: + bias
+                                     float* act,            // (B,M,W)
+                                     const float* bias,     // (B,W)
+                                     const int* row_choice, // (B*M) choice held by each row, or nullptr (all used)
                                      int rows /*B*M*/, int M, int W, int tpr) {
     const int g = blockIdx.x * blockDim.x + threadIdx.x;
     const int row = g / tpr, lane = g % tpr;
@@ -423,6 +428,10 @@ __global__ void moe_bias_gelu_kernel(float* pre,         // (B,M,W) in: x W1^T, 
     const float* b = bias + (long)(row / M) * W;
     float* x = pre + (long)row * W;
     float* y = act + (long)row * W;
+    if (row_choice != nullptr && row_choice[row] < 0) {
+        for (int i = lane; i < W; i += tpr) x[i] = y[i] = 0.0f;
+        return;
+    }
     for (int i = lane; i < W; i += tpr) {
         float v = x[i] + b[i];
         x[i] = v;
@@ -532,9 +541,10 @@ inline void moe_dispatch(MoeActivations& acts, const float* u, const MoeConfig& 
     CUDA_CHECK_LAUNCH();
 }
 
-inline void moe_bias_gelu(float* pre, float* act, const float* bias, int batch, int M, int W) {
+inline void moe_bias_gelu(float* pre, float* act, const float* bias, const int* row_choice, int batch, int M, int W) {
     const int rows = batch * M, tpr = moe_threads_per_row(W);
-    LAUNCH(moe_bias_gelu_kernel, moe_row_grid(rows, tpr), MOE_ROW_BLOCK, 0, 0, pre, act, bias, rows, M, W, tpr);
+    LAUNCH(moe_bias_gelu_kernel, moe_row_grid(rows, tpr), MOE_ROW_BLOCK, 0, 0, pre, act, bias, row_choice, rows, M, W,
+           tpr);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -543,7 +553,7 @@ inline void moe_experts_forward(MoeActivations& acts, const MoeWeights& w, const
     const int E = cfg.E, R = cfg.buffer_rows, C = cfg.C, F = cfg.F;
     moe_batched_linear_forward(acts.expert_pre, (long long)R * F, acts.expert_in, (long long)R * C, w.fc_w,
                                (long long)F * C, E, R, C, F);
-    moe_bias_gelu(acts.expert_pre, acts.expert_act, w.fc_b, E, R, F);
+    moe_bias_gelu(acts.expert_pre, acts.expert_act, w.fc_b, acts.slot_choice, E, R, F);
     moe_batched_linear_forward(acts.expert_out, (long long)R * C, acts.expert_act, (long long)R * F, w.proj_w,
                                (long long)C * F, E, R, F, C);
 }
@@ -554,7 +564,7 @@ inline void moe_shared_forward(MoeActivations& acts, const MoeWeights& w, const 
     const int S = cfg.S, N = cfg.N, C = cfg.C, Fs = cfg.Fs;
     moe_batched_linear_forward(acts.shared_pre, (long long)N * Fs, u, 0, w.shared_fc_w, (long long)Fs * C, S, N, C,
                                Fs);
-    moe_bias_gelu(acts.shared_pre, acts.shared_act, w.shared_fc_b, S, N, Fs);
+    moe_bias_gelu(acts.shared_pre, acts.shared_act, w.shared_fc_b, nullptr, S, N, Fs);
     moe_batched_linear_forward(acts.shared_out, (long long)N * C, acts.shared_act, (long long)N * Fs,
                                w.shared_proj_w, (long long)C * Fs, S, N, Fs, C);
 }
@@ -630,12 +640,22 @@ __global__ void moe_bias_backward_kernel(float* dbias,      // (B,W) +=
     dbias[g] += acc;
 }
 
-// GELU backward, in place: d[i] = d[i] * GELU'(pre[i])    (dL/d act -> dL/d pre)
-__global__ void moe_gelu_backward_kernel(float* d,            // (n) in: dL/d act, out: dL/d pre
-                                         const float* pre,    // (n)
-                                         long n) {
-    const long stride = (long)gridDim.x * blockDim.x;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) d[i] *= moe_gelu_grad(pre[i]);
+// GELU backward, in place: d[r,i] = d[r,i] * GELU'(pre[r,i])    (dL/d act -> dL/d pre)
+// An empty buffer row has d = 0 already (its dy is 0): it is written 0 without the exp.
+__global__ void moe_gelu_backward_kernel(float* d,              // (rows,W) in: dL/d act, out: dL/d pre
+                                         const float* pre,      // (rows,W)
+                                         const int* row_choice, // (rows) or nullptr
+                                         int rows, int W, int tpr) {
+    const int g = blockIdx.x * blockDim.x + threadIdx.x;
+    const int row = g / tpr, lane = g % tpr;
+    if (row >= rows) return;
+    float* x = d + (long)row * W;
+    const float* z = pre + (long)row * W;
+    if (row_choice != nullptr && row_choice[row] < 0) {
+        for (int i = lane; i < W; i += tpr) x[i] = 0.0f;
+        return;
+    }
+    for (int i = lane; i < W; i += tpr) x[i] *= moe_gelu_grad(z[i]);
 }
 
 // Router backward (one thread per token): everything between the combine and the logits.
@@ -742,14 +762,14 @@ inline void moe_combine_backward(MoeActivations& acts, const float* dout, const 
 }
 
 inline void moe_bias_backward(float* dbias, const float* d, long d_stride, int B, int M, int W) {
-    LAUNCH(moe_bias_backward_kernel, ceil_div((long)B * W, MOE_ELEMENTWISE_BLOCK), MOE_ELEMENTWISE_BLOCK, 0, 0,
+    LAUNCH(moe_bias_backward_kernel, ceil_div((long)B * W, MOE_COLUMN_BLOCK), MOE_COLUMN_BLOCK, 0, 0,
            dbias, d, d_stride, B, M, W);
     CUDA_CHECK_LAUNCH();
 }
 
-inline void moe_gelu_backward(float* d, const float* pre, long n) {
-    const int grid = std::max(1, ceil_div(n, (long)MOE_ELEMENTWISE_BLOCK * MOE_ELEMENTWISE_PER_THREAD));
-    LAUNCH(moe_gelu_backward_kernel, grid, MOE_ELEMENTWISE_BLOCK, 0, 0, d, pre, n);
+inline void moe_gelu_backward(float* d, const float* pre, const int* row_choice, int rows, int W) {
+    const int tpr = moe_threads_per_row(W);
+    LAUNCH(moe_gelu_backward_kernel, moe_row_grid(rows, tpr), MOE_ROW_BLOCK, 0, 0, d, pre, row_choice, rows, W, tpr);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -762,7 +782,7 @@ inline void moe_experts_backward(MoeActivations& acts, const MoeWeights& grads, 
                                       w.proj_w, (long long)C * F, E, R, F, C);
     moe_batched_linear_backward_weight(grads.proj_w, (long long)C * F, acts.d_expert_out, (long long)R * C,
                                        acts.expert_act, (long long)R * F, E, R, F, C);
-    moe_gelu_backward(acts.d_expert_hidden, acts.expert_pre, (long)E * R * F);
+    moe_gelu_backward(acts.d_expert_hidden, acts.expert_pre, acts.slot_choice, E * R, F);
     moe_bias_backward(grads.fc_b, acts.d_expert_hidden, (long)R * F, E, R, F);
     moe_batched_linear_backward_weight(grads.fc_w, (long long)F * C, acts.d_expert_hidden, (long long)R * F,
                                        acts.expert_in, (long long)R * C, E, R, C, F);
@@ -780,7 +800,7 @@ inline void moe_shared_backward(MoeActivations& acts, const MoeWeights& grads, c
                                       (long long)C * Fs, S, N, Fs, C);
     moe_batched_linear_backward_weight(grads.shared_proj_w, (long long)C * Fs, dout, 0, acts.shared_act,
                                        (long long)N * Fs, S, N, Fs, C);
-    moe_gelu_backward(acts.d_shared_hidden, acts.shared_pre, (long)S * N * Fs);
+    moe_gelu_backward(acts.d_shared_hidden, acts.shared_pre, nullptr, S * N, Fs);
     moe_bias_backward(grads.shared_fc_b, acts.d_shared_hidden, (long)N * Fs, S, N, Fs);
     moe_batched_linear_backward_weight(grads.shared_fc_w, (long long)Fs * C, acts.d_shared_hidden,
                                        (long long)N * Fs, u, 0, S, N, C, Fs);

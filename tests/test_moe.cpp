@@ -9,6 +9,7 @@
 //  - no device-to-host copy and no synchronisation inside forward + backward.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -336,11 +337,12 @@ TEST_F(MoeTest, CapacityScanMatchesReference) {
 
 // dispatch, bias+GELU, combine, aux/z on the routing of a real forward pass
 TEST_F(MoeTest, DispatchGeluCombineAuxZMatchReference) {
-    MoeFixture fx(37, 24, 4, 2, 40, 2, 20, 0.5, false, 21);
+    MoeFixture fx(37, 24, 4, 2, 40, 2, 20, 1.25, false, 21);
     fx.forward(true);
     const MoeConfig& c = fx.cfg;
     const int R = c.buffer_rows, rows = c.E * R;
     auto slot_choice = download(fx.acts.slot_choice, (size_t)rows);
+    ASSERT_NE(std::count(slot_choice.begin(), slot_choice.end(), -1), 0) << "want empty buffer rows";
     // dispatch
     std::vector<float> xin((size_t)rows * c.C);
     ref_moe_dispatch(xin.data(), fx.u.data(), slot_choice.data(), rows, c.C, c.K);
@@ -350,8 +352,8 @@ TEST_F(MoeTest, DispatchGeluCombineAuxZMatchReference) {
     std::vector<float> pre((size_t)rows * c.F), act(pre.size());
     fill_uniform(pre, rng, -4.0f, 4.0f);
     upload(fx.acts.expert_pre, pre);
-    moe_bias_gelu(fx.acts.expert_pre, fx.acts.expert_act, fx.dw.fc_b, c.E, R, c.F);
-    ref_moe_bias_gelu(pre.data(), act.data(), fx.w.fc_b.data(), rows, R, c.F);
+    moe_bias_gelu(fx.acts.expert_pre, fx.acts.expert_act, fx.dw.fc_b, fx.acts.slot_choice, c.E, R, c.F);
+    ref_moe_bias_gelu(pre.data(), act.data(), fx.w.fc_b.data(), slot_choice.data(), rows, R, c.F);
     EXPECT_TRUE(all_close(download(fx.acts.expert_pre, pre.size()), pre, 1e-6));
     EXPECT_TRUE(all_close(download(fx.acts.expert_act, act.size()), act, 1e-6));
     // combine on known expert and shared outputs
@@ -388,9 +390,13 @@ TEST_F(MoeTest, ExpertAndSharedFfnMatchReference) {
     std::vector<float> pre((size_t)R * c.F), act(pre.size()), y((size_t)R * c.C);
     auto got_pre = download(fx.acts.expert_pre, (size_t)c.E * R * c.F);
     auto got_y = download(fx.acts.expert_out, (size_t)c.E * R * c.C);
+    auto slot_choice = download(fx.acts.slot_choice, (size_t)c.E * R);
+    ASSERT_NE(std::count(slot_choice.begin(), slot_choice.end(), -1), 0) << "want empty buffer rows";
     for (int e = 0; e < c.E; e++) {
         ref_moe_linear(pre.data(), &xin[(size_t)e * R * c.C], &fx.w.fc_w[(size_t)e * c.F * c.C], &fx.w.fc_b[(size_t)e * c.F],
                        R, c.C, c.F);
+        for (int r = 0; r < R; r++)  // an empty row is skipped: pre = act = 0, so its output is 0 too
+            if (slot_choice[e * R + r] < 0) std::fill(pre.begin() + (size_t)r * c.F, pre.begin() + (size_t)(r + 1) * c.F, 0.0f);
         for (size_t i = 0; i < pre.size(); i++) act[i] = ref_moe_gelu(pre[i]);
         ref_moe_linear(y.data(), act.data(), &fx.w.proj_w[(size_t)e * c.C * c.F], (const float*)nullptr, R, c.F, c.C);
         EXPECT_TRUE(all_close(std::vector<float>(got_pre.begin() + (size_t)e * R * c.F, got_pre.begin() + (size_t)(e + 1) * R * c.F), pre, 1e-4));
@@ -411,12 +417,15 @@ TEST_F(MoeTest, ExpertAndSharedFfnMatchReference) {
 
 TEST_F(MoeTest, BackwardStagesMatchReference) {
     for (bool noise : {false, true}) {
-        MoeFixture fx(37, 24, 8, 2, 40, 1, 20, 0.5, noise, 31);
+        MoeFixture fx(37, 24, 8, 2, 40, 1, 20, noise ? 1.25 : 0.5, noise, 31);
         fx.forward(true);
         const MoeConfig& c = fx.cfg;
         const int R = c.buffer_rows, rows = c.E * R;
         SCOPED_TRACE(describe(c));
         auto slot_choice = download(fx.acts.slot_choice, (size_t)rows);
+        if (noise) {
+            ASSERT_NE(std::count(slot_choice.begin(), slot_choice.end(), -1), 0) << "want empty buffer rows";
+        }
         auto gates = download(fx.acts.gates, fx.NK());
         auto topk = download(fx.acts.topk_idx, fx.NK());
         auto kept = download(fx.acts.kept, fx.NK());
@@ -451,8 +460,8 @@ TEST_F(MoeTest, BackwardStagesMatchReference) {
         fill_uniform(d, rng, -1.0f, 1.0f);
         upload(fx.acts.expert_pre, pre);
         upload(fx.acts.d_expert_hidden, d);
-        moe_gelu_backward(fx.acts.d_expert_hidden, fx.acts.expert_pre, (long)d.size());
-        ref_moe_gelu_backward(d.data(), pre.data(), (long)d.size());
+        moe_gelu_backward(fx.acts.d_expert_hidden, fx.acts.expert_pre, fx.acts.slot_choice, rows, c.F);
+        ref_moe_gelu_backward(d.data(), pre.data(), slot_choice.data(), rows, c.F);
         EXPECT_TRUE(all_close(download(fx.acts.d_expert_hidden, d.size()), d, 1e-6));
         // router backward (gate gradients, gates, aux, softmax, z, noise)
         moe_router_backward(fx.acts, fx.d_dout, fx.dw, c, 0.3f, 0.05f, noise);

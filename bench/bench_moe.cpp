@@ -1,0 +1,185 @@
+// bench_moe.cpp: time of every stage of the MoE layer (moe_layer.cuh) at the default MoE shapes
+// (N=768 tokens, C=128, E=8 experts, K=2, F=256, capacity factor 1.25, router noise on, no shared
+// expert), next to the dense FFN of equal active compute (F=4C=512) built from matmul.cuh and
+// activations.cuh. Prints the median over REPS repetitions of each stage, in milliseconds.
+// Worker threads: env SIMT_THREADS (or the first argument).
+//
+//   make bench-moe            or   build/cpu/bench_moe [worker_threads]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "activations.cuh"
+#include "matmul.cuh"
+#include "moe_layer.cuh"
+
+namespace {
+
+constexpr int REPS = 30;
+
+float* device_floats(size_t n, std::mt19937& rng, float scale) {
+    std::normal_distribution<float> dist(0.0f, scale);
+    std::vector<float> h(std::max<size_t>(n, 1));
+    for (float& x : h) x = dist(rng);
+    float* d = nullptr;
+    CUDA_CHECK(cudaMalloc(&d, h.size() * sizeof(float)));
+    CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return d;
+}
+
+// Median wall time of f() in ms, after one warm-up call.
+double median_ms(const std::function<void()>& f) {
+    f();
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<double> t(REPS);
+    for (double& ms : t) {
+        const auto start = std::chrono::steady_clock::now();
+        f();
+        CUDA_CHECK(cudaDeviceSynchronize());
+        ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    }
+    std::sort(t.begin(), t.end());
+    if (getenv("BENCH_MIN")) return t[0];  // on a shared, busy machine the minimum is the steadier number
+    return t[REPS / 2];
+}
+
+void row(const char* name, double fwd, double bwd) {
+    auto cell = [](double ms) {
+        static char buf[4][32];
+        static int k = 0;
+        char* b = buf[k++ % 4];
+        if (ms < 0) snprintf(b, 32, "%10s", "-");
+        else snprintf(b, 32, "%10.3f", ms);
+        return b;
+    };
+    printf("| %-44s | %s | %s |\n", name, cell(fwd), cell(bwd));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+#ifndef __CUDACC__
+    if (argc > 1) simt::set_worker_threads(atoi(argv[1]));
+    printf("backend: %s\n", simt::backend_name());
+#else
+    (void)argc, (void)argv;
+#endif
+    MoeConfig cfg{};
+    cfg.N = 768, cfg.C = 128, cfg.E = 8, cfg.K = 2, cfg.F = 256, cfg.S = 0, cfg.Fs = 0;
+    cfg.capacity_factor = 1.25, cfg.noise = true;
+    moe_config_finalize(cfg);
+    const int N = cfg.N, C = cfg.C, E = cfg.E, F = cfg.F, R = cfg.buffer_rows;
+    printf("MoE layer: N=%d C=%d E=%d K=%d F=%d CF=%.2f capacity=%d noise=on; median of %d, ms\n\n", N, C, E, cfg.K, F,
+           cfg.capacity_factor, cfg.capacity, REPS);
+
+    std::mt19937 rng(1);
+    MoeWeights w{}, g{};
+    w.router = device_floats((size_t)E * C, rng, 0.3f);
+    w.noise = device_floats((size_t)E * C, rng, 0.1f);
+    w.fc_w = device_floats((size_t)E * F * C, rng, 0.05f);
+    w.fc_b = device_floats((size_t)E * F, rng, 0.01f);
+    w.proj_w = device_floats((size_t)E * C * F, rng, 0.05f);
+    w.proj_b = device_floats((size_t)E * C, rng, 0.01f);
+    g.router = device_floats((size_t)E * C, rng, 0.0f);
+    g.noise = device_floats((size_t)E * C, rng, 0.0f);
+    g.fc_w = device_floats((size_t)E * F * C, rng, 0.0f);
+    g.fc_b = device_floats((size_t)E * F, rng, 0.0f);
+    g.proj_w = device_floats((size_t)E * C * F, rng, 0.0f);
+    g.proj_b = device_floats((size_t)E * C, rng, 0.0f);
+    float* u = device_floats((size_t)N * C, rng, 1.0f);
+    float* dout = device_floats((size_t)N * C, rng, 1.0f / N);
+    float* out = device_floats((size_t)N * C, rng, 0.0f);
+    float* du = device_floats((size_t)N * C, rng, 0.0f);
+    float* act_f = nullptr;
+    int* act_i = nullptr;
+    CUDA_CHECK(cudaMalloc(&act_f, moe_activation_floats(cfg) * sizeof(float)));
+    CUDA_CHECK(cudaMalloc(&act_i, moe_activation_ints(cfg) * sizeof(int)));
+    MoeActivations a{};
+    moe_activation_views(a, act_f, act_i, cfg);
+    {
+        std::vector<float> eps((size_t)N * E);
+        std::normal_distribution<float> dist(0.0f, 1.0f);
+        for (float& x : eps) x = dist(rng);
+        CUDA_CHECK(cudaMemcpy(a.noise_eps, eps.data(), eps.size() * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    moe_forward(out, a, w, u, cfg, true);  // routing in place for the stage timings
+    moe_backward(du, g, dout, a, w, u, cfg, 0.01f, 0.001f, true);
+
+    const long long RC = (long long)R * C, RF = (long long)R * F, FC = (long long)F * C;
+    printf("| %-44s | %10s | %10s |\n", "stage", "forward", "backward");
+    printf("|%s|%s|%s|\n", std::string(46, '-').c_str(), std::string(12, '-').c_str(), std::string(12, '-').c_str());
+    double total_f = 0, total_b = 0;
+    auto stage = [&](const char* name, const std::function<void()>& f, const std::function<void()>& b) {
+        double tf = f ? median_ms(f) : -1, tb = b ? median_ms(b) : -1;
+        row(name, tf, tb);
+        if (tf > 0) total_f += tf;
+        if (tb > 0) total_b += tb;
+    };
+    stage("router GEMMs (W_r u, W_n u; bwd: du, dW_r, dW_n)", [&] { moe_router_forward(a, w, u, cfg, true); },
+          [&] { moe_router_logits_backward(du, g, a, w, u, cfg, true); });
+    stage("softmax/top-k/gates (bwd: + gate dots, aux, z)", [&] { moe_route(a, cfg, true); },
+          [&] { moe_router_backward(a, dout, w, cfg, 0.01f, 0.001f, true); });
+    stage("capacity scan", [&] { moe_capacity(a, cfg); }, nullptr);
+    stage("dispatch (bwd: gather du)", [&] { moe_dispatch(a, u, cfg); }, [&] { moe_gather_backward(du, a, cfg); });
+    stage("expert fc GEMM (batched over E)",
+          [&] { moe_batched_linear_forward(a.expert_pre, RF, a.expert_in, RC, w.fc_w, FC, E, R, C, F); },
+          [&] {
+              moe_batched_linear_backward_weight(g.fc_w, FC, a.d_expert_hidden, RF, a.expert_in, RC, E, R, C, F);
+              moe_batched_linear_backward_input(a.d_expert_in, RC, a.d_expert_hidden, RF, w.fc_w, FC, E, R, C, F);
+          });
+    stage("expert bias+GELU (bwd: GELU', bias grads)", [&] { moe_bias_gelu(a.expert_pre, a.expert_act, w.fc_b, a.slot_choice, E, R, F); },
+          [&] {
+              moe_gelu_backward(a.d_expert_hidden, a.expert_pre, a.slot_choice, E * R, F);
+              moe_bias_backward(g.fc_b, a.d_expert_hidden, RF, E, R, F);
+              moe_bias_backward(g.proj_b, a.d_expert_out, RC, E, R, C);
+          });
+    stage("expert proj GEMM (batched over E)",
+          [&] { moe_batched_linear_forward(a.expert_out, RC, a.expert_act, RF, w.proj_w, FC, E, R, F, C); },
+          [&] {
+              moe_batched_linear_backward_input(a.d_expert_hidden, RF, a.d_expert_out, RC, w.proj_w, FC, E, R, F, C);
+              moe_batched_linear_backward_weight(g.proj_w, FC, a.d_expert_out, RC, a.expert_act, RF, E, R, F, C);
+          });
+    stage("combine (bwd: dy = g dout per buffer row)", [&] { moe_combine(out, a, w, cfg); },
+          [&] { moe_combine_backward(a, dout, cfg); });
+    stage("aux/z losses (bwd: inside softmax/top-k)", [&] { moe_aux_z(a, cfg); }, nullptr);
+    row("sum of stages", total_f, total_b);
+    const double moe_f = median_ms([&] { moe_forward(out, a, w, u, cfg, true); });
+    const double moe_b = median_ms([&] { moe_backward(du, g, dout, a, w, u, cfg, 0.01f, 0.001f, true); });
+    row("moe_forward / moe_backward", moe_f, moe_b);
+
+    // the dense FFN of equal active compute: F = 4C on every token (K=2 experts of F=2C each)
+    const int FD = 4 * C;
+    float* w1 = device_floats((size_t)FD * C, rng, 0.05f);
+    float* b1 = device_floats(FD, rng, 0.01f);
+    float* w2 = device_floats((size_t)C * FD, rng, 0.05f);
+    float* b2 = device_floats(C, rng, 0.01f);
+    float* gw1 = device_floats((size_t)FD * C, rng, 0.0f);
+    float* gb1 = device_floats(FD, rng, 0.0f);
+    float* gw2 = device_floats((size_t)C * FD, rng, 0.0f);
+    float* gb2 = device_floats(C, rng, 0.0f);
+    float* h = device_floats((size_t)N * FD, rng, 0.0f);
+    float* hg = device_floats((size_t)N * FD, rng, 0.0f);
+    float* dh = device_floats((size_t)N * FD, rng, 0.0f);
+    float* dhg = device_floats((size_t)N * FD, rng, 0.0f);
+    const double dense_f = median_ms([&] {
+        matmul_forward(h, u, w1, b1, N, C, FD);
+        gelu_forward(hg, h, (long)N * FD);
+        matmul_forward(out, hg, w2, b2, N, FD, C);
+    });
+    const double dense_b = median_ms([&] {
+        matmul_backward(dhg, gw2, gb2, dout, hg, w2, N, FD, C);
+        gelu_backward(dh, h, dhg, (long)N * FD);
+        matmul_backward(du, gw1, gb1, dh, u, w1, N, C, FD);
+    });
+    row("dense FFN F=4C (matmul + GELU + matmul)", dense_f, dense_b);
+    printf("\nMoE layer / dense FFN time: forward %.2f, backward %.2f, step %.2f\n", moe_f / dense_f, moe_b / dense_b,
+           (moe_f + moe_b) / (dense_f + dense_b));
+#ifndef __CUDACC__
+    simt::set_worker_threads(1);  // joins the extra workers before exit
+#endif
+    return 0;
+}
