@@ -105,6 +105,14 @@ nvcc-check:
 	@if [ -z "$(NVCC)" ]; then echo "nvcc not found: skipping the nvcc compile of the CUDA sources"; \
 	 else $(MAKE) --no-print-directory $(NVCC_OBJS); fi
 
+# ---------------------------------------------------------------- MoE layer bench (stage table)
+.PHONY: bench-moe
+$(BUILD)/cpu/bench_moe: bench/bench_moe.cpp $(HEADERS) $(BUILD)/cpu/simt.o
+	$(CXX) $(CPU_FLAGS) $< $(BUILD)/cpu/simt.o -o $@ $(CPU_LIBS)
+
+bench-moe: $(BUILD)/cpu/bench_moe
+	$(BUILD)/cpu/bench_moe
+
 # ---------------------------------------------------------------- top-level targets
 # tiny Shakespeare: copied from ../shared/data/ when present, else downloaded; sha256-checked
 data:
