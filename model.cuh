@@ -389,8 +389,10 @@ inline void model_forward(Model& m, const int* inputs_host, const int* targets_h
     const int N = B * T;
     const int F = c.ffn_hidden;
     m.cur_B = B; m.cur_T = T; m.cur_training = training && targets_host != nullptr;
-    CUDA_CHECK(cudaMemcpy(m.inputs, inputs_host, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
-    if (targets_host) CUDA_CHECK(cudaMemcpy(m.targets, targets_host, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    // asynchronous uploads: a synchronous cudaMemcpy would make the host wait for the device
+    CUDA_CHECK(cudaMemcpyAsync(m.inputs, inputs_host, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, 0));
+    if (targets_host)
+        CUDA_CHECK(cudaMemcpyAsync(m.targets, targets_host, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, 0));
 
     if (c.moe() && m.moe_cfg[0].N != N) {  // a different batch shape: new capacity, new views
         MoeConfig mc = model_moe_config(c, N);  // fits: the regions were sized for the full batch
