@@ -18,67 +18,75 @@
 #include "common.cuh"
 
 // qkvr[which,b,h,t,d] = qkv[b,t, which*C + h*hs + d]   (which = 0,1,2 for q,k,v)
-// Grid-stride over the 3*B*T*C outputs; consecutive threads move consecutive d (coalesced).
+// A block copies a run of 32 token rows (b,t). Thread j owns columns j, j+blockDim, ... of the 3C:
+// it splits a column into (which, h, d) once and then copies it for every row of the run, so there
+// is no integer division per element. At each step a warp reads consecutive columns of one row
+// (coalesced) and writes runs of hs consecutive floats.
 __global__ void attention_permute_kernel(float* qkvr,       // (3,B,NH,T,hs)
                                          const float* qkv,  // (B,T,3C)
                                          int B, int T, int C, int NH) {
-    const int hs = C / NH;
-    const long n = 3L * B * T * C;
-    const long stride = (long)gridDim.x * blockDim.x;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        const int d = (int)(i % hs);
-        long rest = i / hs;
-        const int t = (int)(rest % T);
-        rest /= T;
-        const int h = (int)(rest % NH);
-        rest /= NH;
-        const int b = (int)(rest % B);
-        const int which = (int)(rest / B);
-        qkvr[i] = qkv[((long)b * T + t) * 3 * C + which * C + h * hs + d];
+    const int hs = C / NH, rows = B * T;
+    const int row_begin = blockIdx.x * 32, row_end = min(rows, row_begin + 32);
+    for (int col = threadIdx.x; col < 3 * C; col += blockDim.x) {
+        const int which = col / C, h = (col % C) / hs, d = col % hs;
+        float* dst = qkvr + (long)which * rows * C + (long)h * T * hs + d;  // row (b,t) adds (b*NH*T + t)*hs
+        int b = row_begin / T, t = row_begin % T;
+        for (int bt = row_begin; bt < row_end; bt++) {
+            dst[((long)b * NH * T + t) * hs] = qkv[(long)bt * 3 * C + col];
+            if (++t == T) t = 0, b++;
+        }
     }
 }
 
 // att[t,j] = exp(scale*pre[t,j] - max) / sum_{j'<=t} exp(scale*pre[t,j'] - max) for j <= t, 0 for j > t
-// One warp per row (b,h,t), in place (each lane reads and writes only its own columns).
+// A group of `lanes` consecutive threads per row (b,h,t), in place (each lane reads and writes only
+// its own columns); max and sum by butterfly shuffles inside the group, as in layernorm.cuh.
 __global__ void attention_softmax_kernel(float* att,  // (B*NH,T,T) in: q k^T, out: probabilities
-                                         int rows, int T, float scale) {
-    const int lane = threadIdx.x % 32;
-    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= rows) return;  // a whole warp leaves together
-    const int t = row % T;     // query position: keys 0..t are visible
+                                         int rows, int T, float scale, int lanes) {
+    const int lane = threadIdx.x % lanes;
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) / lanes;
+    const int t = row < rows ? row % T : -1;  // query position: keys 0..t are visible (idle group: none)
+    const int len = row < rows ? T : 0;
     float* a = att + (long)row * T;
 
     float maxval = -INFINITY;
-    for (int j = lane; j <= t; j += 32) maxval = fmaxf(maxval, a[j]);
-    for (int offset = 16; offset > 0; offset /= 2) maxval = fmaxf(maxval, __shfl_xor_sync(0xffffffff, maxval, offset));
-    maxval *= scale;  // scale > 0, so max(scale * x) = scale * max(x)
+    for (int j = lane; j <= t; j += lanes) maxval = fmaxf(maxval, a[j]);
+    for (int offset = lanes / 2; offset > 0; offset /= 2) maxval = fmaxf(maxval, __shfl_xor_sync(0xffffffff, maxval, offset));
+    maxval *= scale;  // scale > 0, so max(scale * x) = scale * max(x), bit for bit
 
     float sum = 0.0f;
-    for (int j = lane; j <= t; j += 32) sum += expf(scale * a[j] - maxval);
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    for (int j = lane; j <= t; j += lanes) {
+        const float e = expf(scale * a[j] - maxval);
+        a[j] = e;
+        sum += e;
+    }
+    for (int offset = lanes / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
     const float inv_sum = 1.0f / sum;
 
-    for (int j = lane; j < T; j += 32) a[j] = j <= t ? expf(scale * a[j] - maxval) * inv_sum : 0.0f;
+    for (int j = lane; j < len; j += lanes) a[j] = j <= t ? a[j] * inv_sum : 0.0f;
 }
 
 // dpre[t,j] = scale * att[t,j] * (datt[t,j] - sum_{j'<=t} att[t,j'] datt[t,j'])  for j <= t, 0 for j > t
-// One warp per row, in place on datt.
+// A group of `lanes` threads per row, in place on datt.
 __global__ void attention_softmax_backward_kernel(float* datt,       // (B*NH,T,T) in: datt, out: dpreatt
                                                   const float* att,  // (B*NH,T,T)
-                                                  int rows, int T, float scale) {
-    const int lane = threadIdx.x % 32;
-    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= rows) return;
-    const int t = row % T;
+                                                  int rows, int T, float scale, int lanes) {
+    const int lane = threadIdx.x % lanes;
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) / lanes;
+    const int t = row < rows ? row % T : -1;
+    const int len = row < rows ? T : 0;
     float* d = datt + (long)row * T;
     const float* a = att + (long)row * T;
 
     float dot = 0.0f;
-    for (int j = lane; j <= t; j += 32) dot += a[j] * d[j];
-    for (int offset = 16; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffff, dot, offset);
+    for (int j = lane; j <= t; j += lanes) dot += a[j] * d[j];
+    for (int offset = lanes / 2; offset > 0; offset /= 2) dot += __shfl_xor_sync(0xffffffff, dot, offset);
 
-    for (int j = lane; j < T; j += 32) d[j] = j <= t ? scale * a[j] * (d[j] - dot) : 0.0f;
+    for (int j = lane; j < len; j += lanes) d[j] = j <= t ? scale * a[j] * (d[j] - dot) : 0.0f;
 }
+
+// Threads per softmax row: ~16 columns per lane, at least 8 (a 32-byte sector per group load), at most a warp.
+inline int attention_row_lanes(int T) { return T > 512 ? 32 : T > 256 ? 16 : T > 128 ? 8 : 4; }
 
 // Floats of scratch attention_backward needs: datt (B,NH,T,T). (The gradients of q, k, v are
 // written straight into dqkv, so no permuted (3,B,NH,T,hs) buffer is needed.)
@@ -99,18 +107,17 @@ inline void attention_forward(float* out,        // (B,T,C)
     const float* k = qkvr + (long)B * NH * head;
     const float* v = qkvr + 2L * B * NH * head;
     const float one = 1.0f, zero = 0.0f;
-    const int block = 256;
 
-    LAUNCH(attention_permute_kernel, ceil_div(3L * B * T * C, block * 16L), block, 0, 0, qkvr, qkv, B, T, C, NH);
+    LAUNCH(attention_permute_kernel, ceil_div((long)B * T, 32), 128, 0, 0, qkvr, qkv, B, T, C, NH);
     CUDA_CHECK_LAUNCH();
 
     // preatt = q k^T: column-major (Tk,Tq) = k (Tk,hs) . q^T (hs,Tq), i.e. row-major (Tq,Tk)
     CUBLAS_CHECK(cublasSgemmStridedBatched(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs,
                                            &one, k, hs, head, q, hs, head, &zero, att, T, (long)T * T, B * NH));
 
-    const int rows = B * NH * T, rows_per_block = 4;
-    LAUNCH(attention_softmax_kernel, ceil_div(rows, rows_per_block), rows_per_block * 32, 0, 0,
-           att, rows, T, 1.0f / sqrtf((float)hs));
+    const int rows = B * NH * T, lanes = attention_row_lanes(T);
+    LAUNCH(attention_softmax_kernel, ceil_div((long)rows * lanes, 128), 128, 0, 0,
+           att, rows, T, 1.0f / sqrtf((float)hs), lanes);
     CUDA_CHECK_LAUNCH();
 
     // y = att v per sequence: column-major (hs,Tq) = v^T (hs,Tk) . att^T (Tk,Tq), written into out
@@ -153,9 +160,9 @@ inline void attention_backward(float* dqkv,         // (B,T,3C) overwritten
                                                &one, dy, C, hs, att_b, T, (long)T * T, &zero, dv, 3 * C, hs, NH));
     }
 
-    const int rows = B * NH * T, rows_per_block = 4;
-    LAUNCH(attention_softmax_backward_kernel, ceil_div(rows, rows_per_block), rows_per_block * 32, 0, 0,
-           datt, att, rows, T, 1.0f / sqrtf((float)hs));
+    const int rows = B * NH * T, lanes = attention_row_lanes(T);
+    LAUNCH(attention_softmax_backward_kernel, ceil_div((long)rows * lanes, 128), 128, 0, 0,
+           datt, att, rows, T, 1.0f / sqrtf((float)hs), lanes);
     CUDA_CHECK_LAUNCH();
 
     for (int b = 0; b < B; b++) {

@@ -8,31 +8,34 @@
 // per row n, with m = max_j logits[n,j] and S = sum_j exp(logits[n,j] - m):
 //   losses[n] = log S + m - logits[n, target]
 //   dlogits[n,j] = (exp(logits[n,j] - m) / S - [j == target]) * dloss
-// One warp per row: lanes stride over V (coalesced), shuffle reductions for max and sum.
+// A group of `lanes` consecutive threads per row (8, 16 or 32, ~16 columns per lane): lanes stride
+// over V (coalesced), butterfly shuffles inside the group for max and sum (see layernorm.cuh).
+// Groups past the last row load and store nothing but still take part in the shuffles.
 __global__ void crossentropy_forward_backward_kernel(float* losses,          // (N)
                                                      float* dlogits,         // (N,V) or nullptr
                                                      const float* logits,    // (N,V)
                                                      const int* targets,     // (N)
-                                                     int N, int V, float dloss) {
-    const int lane = threadIdx.x % 32;
-    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= N) return;  // a whole warp leaves together
+                                                     int N, int V, float dloss, int lanes) {
+    const int lane = threadIdx.x % lanes;
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) / lanes;
+    const int len = row < N ? V : 0;  // idle groups skip the loops
     const float* l = logits + (long)row * V;
-    const int target = targets[row];
 
     float maxval = -INFINITY;
-    for (int j = lane; j < V; j += 32) maxval = fmaxf(maxval, l[j]);
-    for (int offset = 16; offset > 0; offset /= 2) maxval = fmaxf(maxval, __shfl_xor_sync(0xffffffff, maxval, offset));
+    for (int j = lane; j < len; j += lanes) maxval = fmaxf(maxval, l[j]);
+    for (int offset = lanes / 2; offset > 0; offset /= 2) maxval = fmaxf(maxval, __shfl_xor_sync(0xffffffff, maxval, offset));
 
     float sum = 0.0f;
-    for (int j = lane; j < V; j += 32) sum += expf(l[j] - maxval);
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    for (int j = lane; j < len; j += lanes) sum += expf(l[j] - maxval);
+    for (int offset = lanes / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
 
+    if (len == 0) return;  // after the last shuffle
+    const int target = targets[row];
     if (lane == 0) losses[row] = logf(sum) + maxval - l[target];
     if (dlogits != nullptr) {
         const float inv_sum = 1.0f / sum;
         float* dl = dlogits + (long)row * V;
-        for (int j = lane; j < V; j += 32) {
+        for (int j = lane; j < V; j += lanes) {
             const float p = expf(l[j] - maxval) * inv_sum;
             dl[j] = (p - (j == target ? 1.0f : 0.0f)) * dloss;
         }
@@ -56,9 +59,9 @@ inline void crossentropy_forward_backward(float* losses,        // (N)
                                           const int* targets,   // (N)
                                           int N, int V, float dloss /* = 1/N */) {
     if (N <= 0) return;
-    const int rows_per_block = 4;  // one warp per row
-    LAUNCH(crossentropy_forward_backward_kernel, ceil_div(N, rows_per_block), rows_per_block * 32, 0, 0,
-           losses, dlogits, logits, targets, N, V, dloss);
+    const int lanes = V > 512 ? 32 : V > 256 ? 16 : V > 128 ? 8 : 4;  // ~16 columns per lane, 8 to 32 lanes per row
+    LAUNCH(crossentropy_forward_backward_kernel, ceil_div((long)N * lanes, 128), 128, 0, 0,
+           losses, dlogits, logits, targets, N, V, dloss, lanes);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -6,15 +6,16 @@
 #include "common.cuh"
 
 // out[b,t,c] = wte[idx[b,t], c] + wpe[t, c]
-// Grid-stride over the B*T*C outputs (coalesced in c); each thread handles ~16 elements.
+// Block b owns the tile [b*32*blockDim, (b+1)*32*blockDim) of the B*T*C outputs and its threads
+// step through it with stride blockDim (coalesced on a GPU, cache-resident on the CPU layer).
 __global__ void encoder_forward_kernel(float* out,        // (B,T,C)
                                        const int* idx,    // (B,T)
                                        const float* wte,  // (V,C)
                                        const float* wpe,  // (maxT,C)
                                        int B, int T, int C) {
     const long n = (long)B * T * C;
-    const long stride = (long)gridDim.x * blockDim.x;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const long tile = 32L * blockDim.x, begin = tile * blockIdx.x, end = begin + tile < n ? begin + tile : n;
+    for (long i = begin + threadIdx.x; i < end; i += blockDim.x) {
         const long bt = i / C;
         const int c = (int)(i % C);
         const int t = (int)(bt % T);
@@ -50,13 +51,13 @@ __global__ void encoder_backward_wte_kernel(float* dwte,         // (V,C) +=
 }
 
 // dwpe[t,c] += sum_b dout[b,t,c]
-// Grid-stride over the T*C outputs (coalesced in c); each thread sums its column over b in order.
+// Tiles of the T*C outputs as in the forward; each thread sums its entry over b in order.
 __global__ void encoder_backward_wpe_kernel(float* dwpe,        // (maxT,C) +=, rows 0..T-1 touched
                                             const float* dout,  // (B,T,C)
                                             int B, int T, int C) {
     const long n = (long)T * C;
-    const long stride = (long)gridDim.x * blockDim.x;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const long tile = 32L * blockDim.x, begin = tile * blockIdx.x, end = begin + tile < n ? begin + tile : n;
+    for (long i = begin + threadIdx.x; i < end; i += blockDim.x) {
         float acc = 0.0f;
         for (int b = 0; b < B; b++) acc += dout[(long)b * n + i];
         dwpe[i] += acc;
@@ -70,8 +71,7 @@ inline void encoder_forward(float* out,        // (B,T,C)
                             int B, int T, int C) {
     const long n = (long)B * T * C;
     if (n <= 0) return;
-    const int block = 256;
-    LAUNCH(encoder_forward_kernel, ceil_div(n, block * 16L), block, 0, 0, out, idx, wte, wpe, B, T, C);
+    LAUNCH(encoder_forward_kernel, ceil_div(n, 32L * 128), 128, 0, 0, out, idx, wte, wpe, B, T, C);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -83,7 +83,6 @@ inline void encoder_backward(float* dwte,        // (V,C) +=
     if ((long)B * T * C <= 0) return;
     LAUNCH(encoder_backward_wte_kernel, V, 32, 0, 0, dwte, dout, idx, B * T, C);
     CUDA_CHECK_LAUNCH();
-    const int block = 256;
-    LAUNCH(encoder_backward_wpe_kernel, ceil_div((long)T * C, block * 8L), block, 0, 0, dwpe, dout, B, T, C);
+    LAUNCH(encoder_backward_wpe_kernel, ceil_div((long)T * C, 32L * 128), 128, 0, 0, dwpe, dout, B, T, C);
     CUDA_CHECK_LAUNCH();
 }

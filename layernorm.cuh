@@ -1,9 +1,14 @@
 // layernorm.cuh: LayerNorm over the last dimension C (MODEL_SPEC: biased variance, eps = 1e-5,
 // weight and bias), forward and backward.
 //
-// Both row kernels use one warp per row: lanes stride over C (coalesced), statistics come from
-// butterfly __shfl_xor_sync reductions, after which every lane holds the same bits. Parameter
-// gradients are column sums over the N rows, done by a separate deterministic kernel.
+// Both row kernels give each row a group of `lanes` consecutive threads (8, 16 or 32: a power of
+// two dividing the warp, chosen so each lane handles ~16 columns). The lanes stride over C (a
+// group of 8 reads one whole 32-byte sector per step: coalesced), and the row statistics come from
+// butterfly __shfl_xor_sync reductions inside the group, after which every lane holds the same
+// bits. Groups past the last row load and store nothing but still take part in the shuffles.
+// Short groups matter on the CPU layer, where a shuffle costs ~50 ns per lane: a whole warp on a
+// 128-wide row would spend 4x more time exchanging values than reading them.
+// Parameter gradients are column sums over the N rows, done by a separate deterministic kernel.
 #pragma once
 #include "common.cuh"
 
@@ -15,28 +20,28 @@ __global__ void layernorm_forward_kernel(float* out,           // (N,C)
                                          const float* inp,     // (N,C)
                                          const float* weight,  // (C)
                                          const float* bias,    // (C)
-                                         int N, int C) {
-    const int lane = threadIdx.x % 32;
-    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= N) return;  // a whole warp leaves together
+                                         int N, int C, int lanes) {
+    const int lane = threadIdx.x % lanes;
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) / lanes;
+    const int len = row < N ? C : 0;  // idle groups skip the loops
     const float* x = inp + (long)row * C;
 
     float sum = 0.0f;
-    for (int c = lane; c < C; c += 32) sum += x[c];
-    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
+    for (int c = lane; c < len; c += lanes) sum += x[c];
+    for (int offset = lanes / 2; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
     const float m = sum / C;
 
     float sumsq = 0.0f;
-    for (int c = lane; c < C; c += 32) {
+    for (int c = lane; c < len; c += lanes) {
         const float d = x[c] - m;
         sumsq += d * d;
     }
-    for (int offset = 16; offset > 0; offset /= 2) sumsq += __shfl_xor_sync(0xffffffff, sumsq, offset);
+    for (int offset = lanes / 2; offset > 0; offset /= 2) sumsq += __shfl_xor_sync(0xffffffff, sumsq, offset);
     const float s = 1.0f / sqrtf(sumsq / C + 1e-5f);
 
     float* y = out + (long)row * C;
-    for (int c = lane; c < C; c += 32) y[c] = (x[c] - m) * s * weight[c] + bias[c];
-    if (lane == 0) {
+    for (int c = lane; c < len; c += lanes) y[c] = (x[c] - m) * s * weight[c] + bias[c];
+    if (len > 0 && lane == 0) {
         if (mean != nullptr) mean[row] = m;
         if (rstd != nullptr) rstd[row] = s;
     }
@@ -50,22 +55,22 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp,          // (N,C) +=
                                                const float* weight,  // (C)
                                                const float* mean,    // (N)
                                                const float* rstd,    // (N)
-                                               int N, int C) {
-    const int lane = threadIdx.x % 32;
-    const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    if (row >= N) return;
+                                               int N, int C, int lanes) {
+    const int lane = threadIdx.x % lanes;
+    const int row = (blockIdx.x * blockDim.x + threadIdx.x) / lanes;
+    const int len = row < N ? C : 0;  // idle groups skip the loops
     const float* x = inp + (long)row * C;
     const float* dy = dout + (long)row * C;
-    const float m = mean[row];
-    const float s = rstd[row];
+    const float m = len > 0 ? mean[row] : 0.0f;
+    const float s = len > 0 ? rstd[row] : 0.0f;
 
     float dnorm_sum = 0.0f, dnorm_norm_sum = 0.0f;
-    for (int c = lane; c < C; c += 32) {
+    for (int c = lane; c < len; c += lanes) {
         const float dnorm = weight[c] * dy[c];
         dnorm_sum += dnorm;
         dnorm_norm_sum += dnorm * (x[c] - m) * s;
     }
-    for (int offset = 16; offset > 0; offset /= 2) {
+    for (int offset = lanes / 2; offset > 0; offset /= 2) {
         dnorm_sum += __shfl_xor_sync(0xffffffff, dnorm_sum, offset);
         dnorm_norm_sum += __shfl_xor_sync(0xffffffff, dnorm_norm_sum, offset);
     }
@@ -73,7 +78,7 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp,          // (N,C) +=
     const float dnorm_norm_mean = dnorm_norm_sum / C;
 
     float* dx = dinp + (long)row * C;
-    for (int c = lane; c < C; c += 32) {
+    for (int c = lane; c < len; c += lanes) {
         const float norm = (x[c] - m) * s;
         dx[c] += s * (weight[c] * dy[c] - dnorm_mean - norm * dnorm_norm_mean);
     }
@@ -118,6 +123,9 @@ __global__ void layernorm_backward_params_kernel(float* dweight,      // (C) +=
     }
 }
 
+// Threads per row: ~16 columns per lane, at least 8 (a 32-byte sector per group load), at most a warp.
+inline int layernorm_row_lanes(int C) { return C > 512 ? 32 : C > 256 ? 16 : C > 128 ? 8 : 4; }
+
 inline void layernorm_forward(float* out,           // (N,C)
                               float* mean,          // (N)
                               float* rstd,          // (N)
@@ -126,9 +134,9 @@ inline void layernorm_forward(float* out,           // (N,C)
                               const float* bias,    // (C)
                               int N, int C) {
     if (N <= 0) return;
-    const int rows_per_block = 4;  // one warp per row
-    LAUNCH(layernorm_forward_kernel, ceil_div(N, rows_per_block), rows_per_block * 32, 0, 0,
-           out, mean, rstd, inp, weight, bias, N, C);
+    const int lanes = layernorm_row_lanes(C), block = 128;
+    LAUNCH(layernorm_forward_kernel, ceil_div((long)N * lanes, block), block, 0, 0,
+           out, mean, rstd, inp, weight, bias, N, C, lanes);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -142,9 +150,9 @@ inline void layernorm_backward(float* dinp,          // (N,C) +=, accumulates (r
                                const float* rstd,    // (N)
                                int N, int C) {
     if (N <= 0) return;
-    const int rows_per_block = 4;
-    LAUNCH(layernorm_backward_dinp_kernel, ceil_div(N, rows_per_block), rows_per_block * 32, 0, 0,
-           dinp, dout, inp, weight, mean, rstd, N, C);
+    const int lanes = layernorm_row_lanes(C), block = 128;
+    LAUNCH(layernorm_backward_dinp_kernel, ceil_div((long)N * lanes, block), block, 0, 0,
+           dinp, dout, inp, weight, mean, rstd, N, C, lanes);
     CUDA_CHECK_LAUNCH();
     const int groups = 8;
     LAUNCH(layernorm_backward_params_kernel, ceil_div(C, 32), groups * 32, 2 * groups * 32 * sizeof(float), 0,

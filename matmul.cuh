@@ -10,13 +10,14 @@
 #include "common.cuh"
 
 // out[n,o] += bias[o]
-// Grid-stride over the N*OC elements (coalesced in o); each thread handles ~16 of them.
+// Block b owns the tile [b*32*blockDim, (b+1)*32*blockDim) of the N*OC elements and its threads
+// step through it with stride blockDim (coalesced on a GPU, cache-resident on the CPU layer).
 __global__ void add_bias_kernel(float* out,         // (N,OC)
                                 const float* bias,  // (OC)
                                 int N, int OC) {
     const long n = (long)N * OC;
-    const long stride = (long)gridDim.x * blockDim.x;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) out[i] += bias[i % OC];
+    const long tile = 32L * blockDim.x, begin = tile * blockIdx.x, end = begin + tile < n ? begin + tile : n;
+    for (long i = begin + threadIdx.x; i < end; i += blockDim.x) out[i] += bias[i % OC];
 }
 
 // dbias[o] += sum_n dout[n,o]
@@ -64,9 +65,7 @@ inline void matmul_forward(float* out,           // (N,OC)
     CUBLAS_CHECK(cublasSgemm(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, OC, N, IC,
                              &one, weight, IC, inp, IC, &zero, out, OC));
     if (bias != nullptr) {
-        const long n = (long)N * OC;
-        const int block = 256;
-        LAUNCH(add_bias_kernel, ceil_div(n, block * 16L), block, 0, 0, out, bias, N, OC);
+        LAUNCH(add_bias_kernel, ceil_div((long)N * OC, 32L * 128), 128, 0, 0, out, bias, N, OC);
         CUDA_CHECK_LAUNCH();
     }
 }

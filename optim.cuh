@@ -5,17 +5,18 @@
 #include <cmath>
 #include "common.cuh"
 
-// partial[block] = sum over this block's grid-stride elements of x[i]^2
-// Pass 1 of 2: each thread accumulates in index order, then a shuffle tree per warp, then thread 0
-// adds the warp sums in warp order. The grid size depends on n only, so the result is fixed.
+// partial[b] = sum of x[i]^2 over block b's tile [b*tile, (b+1)*tile)
+// Pass 1 of 2: each thread accumulates its elements (stride blockDim inside the tile: coalesced on a
+// GPU, cache-resident on the CPU layer) in index order, then a shuffle tree per warp, then thread 0
+// adds the warp sums in warp order. tile and the grid depend on n only, so the result is fixed.
 __global__ void norm_squared_partial_kernel(float* partial,   // (gridDim.x)
                                             const float* x,   // (n)
-                                            long n) {
+                                            long n, long tile) {
     __shared__ float warp_sums[32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const long stride = (long)gridDim.x * blockDim.x;
+    const long begin = tile * blockIdx.x, end = begin + tile < n ? begin + tile : n;
     float sum = 0.0f;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) sum += x[i] * x[i];
+    for (long i = begin + threadIdx.x; i < end; i += blockDim.x) sum += x[i] * x[i];
     for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffff, sum, offset);
     if (lane == 0) warp_sums[warp] = sum;
     __syncthreads();
@@ -48,7 +49,8 @@ __global__ void clip_scale_kernel(float* scale,               // (1)
 
 // g = grad * scale;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 // p -= lr * ((m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) + wd * p)
-// Grid-stride over the n parameters, ~16 per thread; the bias corrections come from the host.
+// Block b owns the tile [b*32*blockDim, (b+1)*32*blockDim) (threads step by blockDim: coalesced);
+// the bias corrections come from the host.
 __global__ void adamw_kernel(float* params,             // (n)
                              const float* grads,        // (n)
                              float* m,                  // (n) first moment
@@ -58,8 +60,8 @@ __global__ void adamw_kernel(float* params,             // (n)
                              float bias_correction2,    // 1 - beta2^step
                              const float* grad_scale) { // (1) or nullptr (= 1)
     const float scale = grad_scale != nullptr ? grad_scale[0] : 1.0f;
-    const long stride = (long)gridDim.x * blockDim.x;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const long tile = 32L * blockDim.x, begin = tile * blockIdx.x, end = begin + tile < n ? begin + tile : n;
+    for (long i = begin + threadIdx.x; i < end; i += blockDim.x) {
         const float g = grads[i] * scale;
         const float mi = beta1 * m[i] + (1.0f - beta1) * g;
         const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
@@ -76,10 +78,11 @@ inline void global_norm_squared(float* out,          // (1) overwritten
                                 const float* x,      // (n)
                                 long n) {
     const int block = 256;
-    long blocks = (n + block * 64L - 1) / (block * 64L);  // ~64 elements per thread
+    long blocks = (n + block * 64L - 1) / (block * 64L);  // ~64 elements per thread,
     if (blocks < 1) blocks = 1;
-    if (blocks > 1024) blocks = 1024;
-    LAUNCH(norm_squared_partial_kernel, (int)blocks, block, 0, 0, scratch, x, n);
+    if (blocks > 1024) blocks = 1024;                       // at most one partial per scratch float
+    const long tile = (n + blocks - 1) / blocks;
+    LAUNCH(norm_squared_partial_kernel, (int)blocks, block, 0, 0, scratch, x, n, tile);
     CUDA_CHECK_LAUNCH();
     LAUNCH(norm_squared_final_kernel, 1, 32, 0, 0, out, scratch, (int)blocks);
     CUDA_CHECK_LAUNCH();
@@ -102,8 +105,7 @@ inline void adamw_update(float* params,           // (n)
     if (n <= 0) return;
     const float bias_correction1 = 1.0f - powf(beta1, (float)step);
     const float bias_correction2 = 1.0f - powf(beta2, (float)step);
-    const int block = 256;
-    LAUNCH(adamw_kernel, ceil_div(n, block * 16L), block, 0, 0,
+    LAUNCH(adamw_kernel, ceil_div(n, 32L * 128), 128, 0, 0,
            params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
     CUDA_CHECK_LAUNCH();
 }
