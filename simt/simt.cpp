@@ -342,6 +342,7 @@ size_t stack_bytes() {
 struct Stack {
     char* lo;     // lowest usable byte (the guard page is just below)
     size_t size;
+    char* top;    // where the fiber's stack starts (below lo + size, see new_stack)
 };
 
 // One mmap per stack with a PROT_NONE guard page below it. Created on demand, never freed:
@@ -357,7 +358,11 @@ Stack new_stack() {
     protect_range(p, kPage, false);
     int i = g_guard_count.fetch_add(1);
     if (i < kMaxGuards) g_guards[i] = (uintptr_t)p;
-    return Stack{p + kPage, size};
+    // Cache colouring: stacks are a multiple of 4 KiB apart, so the hot top-of-stack lines of all
+    // fibers would fall into the same L1 set and evict each other at every switch. Starting each
+    // stack at a different 64-byte offset spreads them over the sets.
+    size_t colour = (size_t)(i % 61) * 64;
+    return Stack{p + kPage, size, p + kPage + size - colour};
 }
 
 enum FiberState : unsigned char {
@@ -398,6 +403,12 @@ struct Worker {
     const Launch* launch = nullptr;
     unsigned long long block = 0;   // linear block index
     int nthreads = 0, live = 0, barrier_waiters = 0, warp_waiters = 0;
+    // The barrier being gathered: the first arrival's site; later arrivals only compare with it.
+    std::source_location barrier_site;
+    unsigned char barrier_op = 0;
+    bool barrier_mixed = false;     // someone arrived at a different barrier: divergence
+    int barrier_count = 0, barrier_and = 1, barrier_or = 0;
+    std::vector<int> barrier_list;  // arrival order
     bool aborting = false;          // unwinding every fiber of the block
     bool failed = false;
     std::string error;
@@ -415,6 +426,7 @@ struct Worker {
 
     Worker() : fibers(kMaxThreadsPerBlock) {
         runlist.reserve(kMaxThreadsPerBlock);
+        barrier_list.reserve(kMaxThreadsPerBlock);
         shared = (unsigned char*)aligned_alloc(4096, (kMaxDynamicSharedOptin + 4095) / 4096 * 4096);
     }
     ~Worker() { free(shared); }
@@ -476,7 +488,7 @@ inline void switch_to_fiber(Worker* w, Fiber* f, bool start) {
     if (start) {
         getcontext(&f->context);
         f->context.uc_stack.ss_sp = f->stack.lo;
-        f->context.uc_stack.ss_size = f->stack.size;
+        f->context.uc_stack.ss_size = (size_t)(f->stack.top - f->stack.lo);
         f->context.uc_link = nullptr;
         makecontext(&f->context, fiber_entry, 0);
     }
@@ -513,7 +525,7 @@ void fiber_entry(bctx::transfer_t t) {
 }
 
 inline void switch_to_fiber(Worker* w, Fiber* f, bool start) {
-    if (start) f->context = bctx::make_fcontext(f->stack.lo + f->stack.size, f->stack.size, fiber_entry);
+    if (start) f->context = bctx::make_fcontext(f->stack.top, (size_t)(f->stack.top - f->stack.lo), fiber_entry);
     bctx::transfer_t t = bctx::jump_fcontext(f->context, w);
     f->context = t.fctx;
 }
@@ -547,6 +559,13 @@ inline void resume(Worker* w, Fiber* f) {
     }
 }
 
+bool same_site(const std::source_location& a, const std::source_location& b) {
+    // libstdc++'s source_location is one pointer to a per-call-site constant: equal bits, same site.
+    if (std::memcmp(&a, &b, sizeof a) == 0) return true;
+    return a.line() == b.line() && a.column() == b.column() &&
+           (a.file_name() == b.file_name() || strcmp(a.file_name(), b.file_name()) == 0);
+}
+
 // Fiber side: park the current fiber (its state says why) and run the scheduler.
 inline Fiber* current_fiber(const char* what) {
     Worker* w = tls_worker;
@@ -570,7 +589,18 @@ int block_barrier(BarrierOp op, int predicate, const std::source_location& loc) 
     f->op = (unsigned char)op;
     f->site = loc;
     f->value = predicate != 0;
-    ++w->barrier_waiters;
+    if (w->barrier_waiters++ == 0) {
+        w->barrier_site = loc;
+        w->barrier_op = (unsigned char)op;
+        w->barrier_mixed = false;
+        w->barrier_count = 0, w->barrier_and = 1, w->barrier_or = 0;
+    } else if (w->barrier_op != (unsigned char)op || !same_site(w->barrier_site, loc)) {
+        w->barrier_mixed = true;
+    }
+    w->barrier_count += predicate != 0;
+    w->barrier_and &= predicate != 0;
+    w->barrier_or |= predicate != 0;
+    w->barrier_list.push_back((int)(f - w->fibers.data()));
     switch_to_scheduler(w, f);
     if (w->aborting) throw FiberUnwind{};
     return (int)f->result;
@@ -644,10 +674,6 @@ const char* op_name(FiberState state, unsigned char op) {
     return "?";
 }
 
-bool same_site(const std::source_location& a, const std::source_location& b) {
-    return a.line() == b.line() && a.column() == b.column() &&
-           (a.file_name() == b.file_name() || strcmp(a.file_name(), b.file_name()) == 0);
-}
 
 // "16 threads at tests/x.cuh:12 (__syncthreads), 16 threads exited" over the given fibers.
 std::string describe_threads(Worker* w, int first, int count) {
@@ -856,36 +882,21 @@ bool resolve(Worker* w) {
             if (!resolve_warp(w, warp)) return false;
         if (!w->runlist.empty()) return true;
     }
-    if (w->barrier_waiters == w->live && w->live > 0) {
-        Fiber* first = nullptr;
-        int count = 0, all = 1, any = 0;
-        for (int i = 0; i < w->nthreads; ++i) {
-            Fiber& f = w->fibers[i];
-            if (f.state != kBarrier) continue;
-            if (first == nullptr) first = &f;
-            else if (f.op != first->op || !same_site(f.site, first->site)) {
-                fail_block(w, format("simt: barrier divergence in kernel '%s' %s: %s", w->launch->name,
-                                     block_string(*w).c_str(), describe_threads(w, 0, w->nthreads).c_str()));
-                return false;
-            }
-            count += (int)f.value;
-            all &= (int)f.value;
-            any |= (int)f.value;
-        }
+    if (w->barrier_waiters == w->live && w->live > 0 && !w->barrier_mixed) {
         unsigned long long result = 0;
-        switch ((BarrierOp)first->op) {
-            case BarrierOp::Count: result = (unsigned)count; break;
-            case BarrierOp::And: result = (unsigned)all; break;
-            case BarrierOp::Or: result = (unsigned)any; break;
+        switch ((BarrierOp)w->barrier_op) {
+            case BarrierOp::Count: result = (unsigned)w->barrier_count; break;
+            case BarrierOp::And: result = (unsigned)w->barrier_and; break;
+            case BarrierOp::Or: result = (unsigned)w->barrier_or; break;
             default: break;
         }
-        for (int i = 0; i < w->nthreads; ++i) {
+        for (int i : w->barrier_list) {
             Fiber& f = w->fibers[i];
-            if (f.state != kBarrier) continue;
             f.state = kReady;
             f.result = result;
-            w->runlist.push_back(i);
         }
+        w->runlist.swap(w->barrier_list);  // released in arrival order (ascending unless shuffled)
+        w->barrier_list.clear();
         w->barrier_waiters = 0;
         return true;
     }
@@ -924,6 +935,7 @@ void run_block(Worker* w, const Launch& L, unsigned long long linear) {
     w->nthreads = n;
     w->live = n;
     w->barrier_waiters = w->warp_waiters = 0;
+    w->barrier_list.clear();
     w->aborting = false;
     if (L.shared_bytes > 0) memset(w->shared, 0xFF, L.shared_bytes);
     w->runlist.clear();
@@ -977,8 +989,8 @@ struct Pool {
     int configured = 0;
 };
 Pool& pool() {
-    static Pool p;
-    return p;
+    static Pool* p = new Pool();  // never destroyed: worker threads may still wait on it at exit
+    return *p;
 }
 std::mutex g_launch_mutex;
 
