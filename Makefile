@@ -113,6 +113,14 @@ $(BUILD)/cpu/bench_moe: bench/bench_moe.cpp $(HEADERS) $(BUILD)/cpu/simt.o
 bench-moe: $(BUILD)/cpu/bench_moe
 	$(BUILD)/cpu/bench_moe
 
+# ---------------------------------------------------------------- GPT kernel bench (per-launcher table)
+.PHONY: bench-kernels
+$(BUILD)/cpu/bench_kernels: bench/bench_kernels.cpp $(HEADERS) $(BUILD)/cpu/simt.o
+	$(CXX) $(CPU_FLAGS) $< $(BUILD)/cpu/simt.o -o $@ $(CPU_LIBS)
+
+bench-kernels: $(BUILD)/cpu/bench_kernels
+	$(BUILD)/cpu/bench_kernels
+
 # ---------------------------------------------------------------- top-level targets
 # tiny Shakespeare: copied from ../shared/data/ when present, else downloaded; sha256-checked
 data:
