@@ -91,10 +91,10 @@ struct MoeActivations {     // views into one float allocation and one int alloc
     float* router_lse;      // (N)        logsumexp_i r_t[i] (the z-loss and its gradient)
     int*   slot_choice;     // (E, R)     choice c = t*K + j held in each buffer row, -1 for an empty row
     float* expert_in;       // (E, R, C)  x_e: the dispatched tokens (empty rows 0)
-    float* expert_pre;      // (E, R, F)  x_e W1_e^T + b1_e
-    float* expert_act;      // (E, R, F)  GELU of it
+    float* expert_fc;       // (E, R, F)  x_e W1_e^T from the GEMM; then GELU'(x_e W1_e^T + b1_e), kept for the backward
+    float* expert_act;      // (E, R, F)  GELU(x_e W1_e^T + b1_e)
     float* expert_out;      // (E, R, C)  act W2_e^T (the bias b2_e is added by combine)
-    float* shared_pre;      // (S, N, Fs)
+    float* shared_fc;       // (S, N, Fs) as expert_fc
     float* shared_act;      // (S, N, Fs)
     float* shared_out;      // (S, N, C)  (without bias)
     // internal: backward scratch
@@ -102,7 +102,7 @@ struct MoeActivations {     // views into one float allocation and one int alloc
     float* d_router_logits; // (N, E)
     float* d_noise_logits;  // (N, E)
     float* d_expert_out;    // (E, R, C)
-    float* d_expert_hidden; // (E, R, F)  dL/d act, then dL/d pre (in place)
+    float* d_expert_hidden; // (E, R, F)  dL/d act, then dL/d (x W1^T + b1) (in place)
     float* d_expert_in;     // (E, R, C)
     float* d_shared_hidden; // (S, N, Fs)
     float* d_shared_in;     // (S, N, C)
@@ -125,10 +125,10 @@ inline void moe_for_each_float_view(MoeActivations& a, const MoeConfig& cfg, Fn 
     fn(a.z, (size_t)1);
     fn(a.router_lse, N);
     fn(a.expert_in, E * R * C);
-    fn(a.expert_pre, E * R * F);
+    fn(a.expert_fc, E * R * F);
     fn(a.expert_act, E * R * F);
     fn(a.expert_out, E * R * C);
-    fn(a.shared_pre, S * N * Fs);
+    fn(a.shared_fc, S * N * Fs);
     fn(a.shared_act, S * N * Fs);
     fn(a.shared_out, S * N * C);
     fn(a.d_gates, N * K);
@@ -193,6 +193,8 @@ constexpr int MOE_TOKEN_BLOCK = 64;     // threads per block of a thread-per-tok
 constexpr int MOE_SCAN_THREADS = 64;    // threads of a capacity-scan block
 constexpr int MOE_REDUCE_THREADS = 256; // threads of the aux/z block (8 warps)
 constexpr int MOE_COLUMN_BLOCK = 256;   // threads per block of the column-sum (bias gradient) kernel
+constexpr int MOE_ELEMENTWISE_BLOCK = 256;
+constexpr int MOE_ELEMENTS_PER_THREAD = 64;
 
 inline int moe_threads_per_row(int width) {
     int t = 1;
@@ -209,18 +211,16 @@ __device__ inline float moe_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(e
 __device__ inline float moe_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // GELU, tanh form (CONTRACT.md):  GELU(z) = 0.5 z (1 + tanh(a)),  a = sqrt(2/pi) (z + 0.044715 z^3).
-// Since 0.5 (1 + tanh(a)) = sigmoid(2a), the same function is z * sigmoid(2a): one expf instead of a
-// tanhf (3-4x cheaper on the CPU layer, and as cheap as it gets on a GPU).
+// Since 0.5 (1 + tanh(a)) = sigmoid(2a) =: s, the same function is z s, and its derivative
+//   GELU'(z) = 0.5 (1 + tanh a) + 0.5 z (1 - tanh^2 a) da/dz = s + 2 z s (1 - s) da/dz,
+//   da/dz = sqrt(2/pi) (1 + 3 * 0.044715 z^2):
+// one expf for both (tanhf costs 3-4 times as much on the CPU layer).
 #define MOE_GELU_SCALE 0.7978845608028654f  // sqrt(2/pi)
-__device__ inline float moe_gelu(float z) {
+__device__ inline float moe_gelu_sigmoid(float z) {  // s = sigmoid(2a)
     const float a = MOE_GELU_SCALE * (z + 0.044715f * z * z * z);
-    return z / (1.0f + expf(-2.0f * a));
+    return 1.0f / (1.0f + expf(-2.0f * a));
 }
-// d GELU / dz = 0.5 (1 + tanh a) + 0.5 z (1 - tanh^2 a) da/dz,   da/dz = sqrt(2/pi) (1 + 3 * 0.044715 z^2)
-//             = s + 2 z s (1 - s) da/dz,                          s = sigmoid(2a)
-__device__ inline float moe_gelu_grad(float z) {
-    const float a = MOE_GELU_SCALE * (z + 0.044715f * z * z * z);
-    const float s = 1.0f / (1.0f + expf(-2.0f * a));
+__device__ inline float moe_gelu_slope(float z, float s) {  // GELU'(z) given s
     return s + 2.0f * z * s * (1.0f - s) * MOE_GELU_SCALE * (1.0f + 3.0f * 0.044715f * z * z);
 }
 
@@ -307,18 +307,21 @@ __global__ void moe_route_kernel(float* probs,            // (N,E)
         probs[(long)t * E + i] = p[i];
     }
     lse[t] = rmax + logf(rsum);
-    // top-K by K passes of argmax; the strict '>' keeps the lower index on ties; a chosen expert's
-    // entry is set to -1 (below every probability) so the next pass skips it
+    // top-K by K passes of argmax over the experts not taken yet (a bit mask: E <= 64); the strict
+    // '>' keeps the lower index on ties (and a NaN row still yields K distinct experts)
+    unsigned long long taken = 0;
     float chosen_sum = 0.0f;
     for (int j = 0; j < K; j++) {
-        int best = 0;
-        float best_p = -1.0f;
-        for (int i = 0; i < E; i++)
-            if (p[i] > best_p) { best_p = p[i]; best = i; }
+        int best = -1;
+        float best_p = 0.0f;
+        for (int i = 0; i < E; i++) {
+            if ((taken >> i) & 1ull) continue;
+            if (best < 0 || p[i] > best_p) { best_p = p[i]; best = i; }
+        }
+        taken |= 1ull << best;
         topk_idx[(long)t * K + j] = best;
         gates[(long)t * K + j] = best_p;
         chosen_sum += best_p;
-        p[best] = -1.0f;
     }
     if (K > 1)
         for (int j = 0; j < K; j++) gates[(long)t * K + j] = gates[(long)t * K + j] / chosen_sum;
@@ -414,10 +417,12 @@ __global__ void moe_dispatch_kernel(float* expert_in,        // (E,R,C)
 // ----------------------------------------------------------------------------------------------
 // 5. bias + GELU for a batch of hidden layers (routed: batch E of R rows; shared: batch S of N rows)
 //
-//   pre[b,m,f] += b1[b,f];   act[b,m,f] = GELU(pre[b,m,f])
-// An empty buffer row (row_choice < 0) is nobody's token: it gets pre = act = 0 without the exp,
+//   z = fc[b,m,f] + b1[b,f];   act[b,m,f] = GELU(z);   fc[b,m,f] = GELU'(z)
+// The slope GELU'(z) costs a few multiplies here (the exp is shared) and replaces z in memory:
+// the backward is then a plain multiply, dL/dz = dL/dact * GELU'(z).
+// An empty buffer row (row_choice < 0) is nobody's token: it gets act = slope = 0 without the exp,
 // which is what the padding of the capacity buffers would otherwise cost.
-__global__ void moe_bias_gelu_kernel(float* pre,            // (B,M,W) in: x W1^T, out: + bias
+__global__ void moe_bias_gelu_kernel(float* fc,             // (B,M,W) in: x W1^T, out: GELU'(x W1^T + b1)
                                      float* act,            // (B,M,W)
                                      const float* bias,     // (B,W)
                                      const int* row_choice, // (B*M) choice held by each row, or nullptr (all used)
@@ -426,16 +431,17 @@ __global__ void moe_bias_gelu_kernel(float* pre,            // (B,M,W) in: x W1^
     const int row = g / tpr, lane = g % tpr;
     if (row >= rows) return;
     const float* b = bias + (long)(row / M) * W;
-    float* x = pre + (long)row * W;
+    float* x = fc + (long)row * W;
     float* y = act + (long)row * W;
     if (row_choice != nullptr && row_choice[row] < 0) {
         for (int i = lane; i < W; i += tpr) x[i] = y[i] = 0.0f;
         return;
     }
     for (int i = lane; i < W; i += tpr) {
-        float v = x[i] + b[i];
-        x[i] = v;
-        y[i] = moe_gelu(v);
+        const float z = x[i] + b[i];
+        const float s = moe_gelu_sigmoid(z);
+        y[i] = z * s;
+        x[i] = moe_gelu_slope(z, s);
     }
 }
 
@@ -541,9 +547,9 @@ inline void moe_dispatch(MoeActivations& acts, const float* u, const MoeConfig& 
     CUDA_CHECK_LAUNCH();
 }
 
-inline void moe_bias_gelu(float* pre, float* act, const float* bias, const int* row_choice, int batch, int M, int W) {
+inline void moe_bias_gelu(float* fc, float* act, const float* bias, const int* row_choice, int batch, int M, int W) {
     const int rows = batch * M, tpr = moe_threads_per_row(W);
-    LAUNCH(moe_bias_gelu_kernel, moe_row_grid(rows, tpr), MOE_ROW_BLOCK, 0, 0, pre, act, bias, row_choice, rows, M, W,
+    LAUNCH(moe_bias_gelu_kernel, moe_row_grid(rows, tpr), MOE_ROW_BLOCK, 0, 0, fc, act, bias, row_choice, rows, M, W,
            tpr);
     CUDA_CHECK_LAUNCH();
 }
@@ -551,9 +557,9 @@ inline void moe_bias_gelu(float* pre, float* act, const float* bias, const int* 
 // The routed experts as E independent FFNs over their buffers: two strided-batched GEMMs and a GELU.
 inline void moe_experts_forward(MoeActivations& acts, const MoeWeights& w, const MoeConfig& cfg) {
     const int E = cfg.E, R = cfg.buffer_rows, C = cfg.C, F = cfg.F;
-    moe_batched_linear_forward(acts.expert_pre, (long long)R * F, acts.expert_in, (long long)R * C, w.fc_w,
+    moe_batched_linear_forward(acts.expert_fc, (long long)R * F, acts.expert_in, (long long)R * C, w.fc_w,
                                (long long)F * C, E, R, C, F);
-    moe_bias_gelu(acts.expert_pre, acts.expert_act, w.fc_b, acts.slot_choice, E, R, F);
+    moe_bias_gelu(acts.expert_fc, acts.expert_act, w.fc_b, acts.slot_choice, E, R, F);
     moe_batched_linear_forward(acts.expert_out, (long long)R * C, acts.expert_act, (long long)R * F, w.proj_w,
                                (long long)C * F, E, R, F, C);
 }
@@ -562,9 +568,9 @@ inline void moe_experts_forward(MoeActivations& acts, const MoeWeights& w, const
 inline void moe_shared_forward(MoeActivations& acts, const MoeWeights& w, const float* u, const MoeConfig& cfg) {
     if (cfg.S == 0) return;
     const int S = cfg.S, N = cfg.N, C = cfg.C, Fs = cfg.Fs;
-    moe_batched_linear_forward(acts.shared_pre, (long long)N * Fs, u, 0, w.shared_fc_w, (long long)Fs * C, S, N, C,
+    moe_batched_linear_forward(acts.shared_fc, (long long)N * Fs, u, 0, w.shared_fc_w, (long long)Fs * C, S, N, C,
                                Fs);
-    moe_bias_gelu(acts.shared_pre, acts.shared_act, w.shared_fc_b, nullptr, S, N, Fs);
+    moe_bias_gelu(acts.shared_fc, acts.shared_act, w.shared_fc_b, nullptr, S, N, Fs);
     moe_batched_linear_forward(acts.shared_out, (long long)N * C, acts.shared_act, (long long)N * Fs,
                                w.shared_proj_w, (long long)C * Fs, S, N, Fs, C);
 }
@@ -640,22 +646,13 @@ __global__ void moe_bias_backward_kernel(float* dbias,      // (B,W) +=
     dbias[g] += acc;
 }
 
-// GELU backward, in place: d[r,i] = d[r,i] * GELU'(pre[r,i])    (dL/d act -> dL/d pre)
-// An empty buffer row has d = 0 already (its dy is 0): it is written 0 without the exp.
-__global__ void moe_gelu_backward_kernel(float* d,              // (rows,W) in: dL/d act, out: dL/d pre
-                                         const float* pre,      // (rows,W)
-                                         const int* row_choice, // (rows) or nullptr
-                                         int rows, int W, int tpr) {
-    const int g = blockIdx.x * blockDim.x + threadIdx.x;
-    const int row = g / tpr, lane = g % tpr;
-    if (row >= rows) return;
-    float* x = d + (long)row * W;
-    const float* z = pre + (long)row * W;
-    if (row_choice != nullptr && row_choice[row] < 0) {
-        for (int i = lane; i < W; i += tpr) x[i] = 0.0f;
-        return;
-    }
-    for (int i = lane; i < W; i += tpr) x[i] *= moe_gelu_grad(z[i]);
+// GELU backward, in place:  dL/dz = dL/dact * GELU'(z), the slope saved by the forward (0 on empty rows)
+// Grid-stride, about MOE_ELEMENTS_PER_THREAD elements per thread.
+__global__ void moe_gelu_backward_kernel(float* d,            // (n) in: dL/d act, out: dL/dz
+                                         const float* slope,  // (n) GELU'(z)
+                                         long n) {
+    const long stride = (long)gridDim.x * blockDim.x;
+    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) d[i] *= slope[i];
 }
 
 // Router backward (one thread per token): everything between the combine and the logits.
@@ -767,9 +764,9 @@ inline void moe_bias_backward(float* dbias, const float* d, long d_stride, int B
     CUDA_CHECK_LAUNCH();
 }
 
-inline void moe_gelu_backward(float* d, const float* pre, const int* row_choice, int rows, int W) {
-    const int tpr = moe_threads_per_row(W);
-    LAUNCH(moe_gelu_backward_kernel, moe_row_grid(rows, tpr), MOE_ROW_BLOCK, 0, 0, d, pre, row_choice, rows, W, tpr);
+inline void moe_gelu_backward(float* d, const float* slope, long n) {
+    const int grid = std::max(1, ceil_div(n, (long)MOE_ELEMENTWISE_BLOCK * MOE_ELEMENTS_PER_THREAD));
+    LAUNCH(moe_gelu_backward_kernel, grid, MOE_ELEMENTWISE_BLOCK, 0, 0, d, slope, n);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -782,7 +779,7 @@ inline void moe_experts_backward(MoeActivations& acts, const MoeWeights& grads, 
                                       w.proj_w, (long long)C * F, E, R, F, C);
     moe_batched_linear_backward_weight(grads.proj_w, (long long)C * F, acts.d_expert_out, (long long)R * C,
                                        acts.expert_act, (long long)R * F, E, R, F, C);
-    moe_gelu_backward(acts.d_expert_hidden, acts.expert_pre, acts.slot_choice, E * R, F);
+    moe_gelu_backward(acts.d_expert_hidden, acts.expert_fc, (long)E * R * F);
     moe_bias_backward(grads.fc_b, acts.d_expert_hidden, (long)R * F, E, R, F);
     moe_batched_linear_backward_weight(grads.fc_w, (long long)F * C, acts.d_expert_hidden, (long long)R * F,
                                        acts.expert_in, (long long)R * C, E, R, C, F);
@@ -800,7 +797,7 @@ inline void moe_shared_backward(MoeActivations& acts, const MoeWeights& grads, c
                                       (long long)C * Fs, S, N, Fs, C);
     moe_batched_linear_backward_weight(grads.shared_proj_w, (long long)C * Fs, dout, 0, acts.shared_act,
                                        (long long)N * Fs, S, N, Fs, C);
-    moe_gelu_backward(acts.d_shared_hidden, acts.shared_pre, nullptr, S * N, Fs);
+    moe_gelu_backward(acts.d_shared_hidden, acts.shared_fc, (long)S * N * Fs);
     moe_bias_backward(grads.shared_fc_b, acts.d_shared_hidden, (long)N * Fs, S, N, Fs);
     moe_batched_linear_backward_weight(grads.shared_fc_w, (long long)Fs * C, acts.d_shared_hidden,
                                        (long long)N * Fs, u, 0, S, N, C, Fs);

@@ -166,18 +166,20 @@ void ref_moe_dispatch(T* expert_in, const T* u, const int* slot_choice, int rows
             expert_in[(long)row * C + i] = slot_choice[row] < 0 ? T(0) : u[(long)(slot_choice[row] / K) * C + i];
 }
 
-// pre += bias (per batch entry); act = GELU(pre); rows with row_choice < 0: both 0
+// z = fc + bias (per batch entry); act = GELU(z); fc = GELU'(z) (the slope the backward multiplies by);
+// rows with row_choice < 0: act = fc = 0
 template <typename T>
-void ref_moe_bias_gelu(T* pre, T* act, const T* bias, const int* row_choice, int rows, int M, int W) {
+void ref_moe_bias_gelu(T* fc, T* act, const T* bias, const int* row_choice, int rows, int M, int W) {
     for (int row = 0; row < rows; row++)
         for (int i = 0; i < W; i++) {
             const long k = (long)row * W + i;
             if (row_choice && row_choice[row] < 0) {
-                pre[k] = act[k] = T(0);
+                fc[k] = act[k] = T(0);
                 continue;
             }
-            pre[k] = pre[k] + bias[(long)(row / M) * W + i];
-            act[k] = ref_moe_gelu(pre[k]);
+            const T z = fc[k] + bias[(long)(row / M) * W + i];
+            act[k] = ref_moe_gelu(z);
+            fc[k] = ref_moe_gelu_grad(z);
         }
 }
 
@@ -239,14 +241,10 @@ void ref_moe_bias_backward(T* dbias, const T* d, long d_stride, int B, int M, in
         }
 }
 
-// d *= GELU'(pre); rows with row_choice < 0: 0
+// d *= GELU'(z), the slope saved by the forward
 template <typename T>
-void ref_moe_gelu_backward(T* d, const T* pre, const int* row_choice, int rows, int W) {
-    for (int row = 0; row < rows; row++)
-        for (int i = 0; i < W; i++) {
-            const long k = (long)row * W + i;
-            d[k] = row_choice && row_choice[row] < 0 ? T(0) : d[k] * ref_moe_gelu_grad(pre[k]);
-        }
+void ref_moe_gelu_backward(T* d, const T* slope, long n) {
+    for (long i = 0; i < n; i++) d[i] = d[i] * slope[i];
 }
 
 // One token's router backward from its gate gradients dg (K; dropped choices 0) to dr and d(W_n u):

@@ -347,14 +347,14 @@ TEST_F(MoeTest, DispatchGeluCombineAuxZMatchReference) {
     std::vector<float> xin((size_t)rows * c.C);
     ref_moe_dispatch(xin.data(), fx.u.data(), slot_choice.data(), rows, c.C, c.K);
     EXPECT_EQ(download(fx.acts.expert_in, xin.size()), xin);
-    // bias + GELU on known pre-activations
+    // bias + GELU (and the slope kept for the backward) on known fc outputs
     std::mt19937 rng(2);
-    std::vector<float> pre((size_t)rows * c.F), act(pre.size());
-    fill_uniform(pre, rng, -4.0f, 4.0f);
-    upload(fx.acts.expert_pre, pre);
-    moe_bias_gelu(fx.acts.expert_pre, fx.acts.expert_act, fx.dw.fc_b, fx.acts.slot_choice, c.E, R, c.F);
-    ref_moe_bias_gelu(pre.data(), act.data(), fx.w.fc_b.data(), slot_choice.data(), rows, R, c.F);
-    EXPECT_TRUE(all_close(download(fx.acts.expert_pre, pre.size()), pre, 1e-6));
+    std::vector<float> fc((size_t)rows * c.F), act(fc.size());
+    fill_uniform(fc, rng, -4.0f, 4.0f);
+    upload(fx.acts.expert_fc, fc);
+    moe_bias_gelu(fx.acts.expert_fc, fx.acts.expert_act, fx.dw.fc_b, fx.acts.slot_choice, c.E, R, c.F);
+    ref_moe_bias_gelu(fc.data(), act.data(), fx.w.fc_b.data(), slot_choice.data(), rows, R, c.F);
+    EXPECT_TRUE(all_close(download(fx.acts.expert_fc, fc.size()), fc, 1e-6));
     EXPECT_TRUE(all_close(download(fx.acts.expert_act, act.size()), act, 1e-6));
     // combine on known expert and shared outputs
     std::vector<float> y((size_t)rows * c.C), ys((size_t)c.S * c.N * c.C), out(fx.NC());
@@ -387,19 +387,21 @@ TEST_F(MoeTest, ExpertAndSharedFfnMatchReference) {
     const MoeConfig& c = fx.cfg;
     const int R = c.buffer_rows;
     auto xin = download(fx.acts.expert_in, (size_t)c.E * R * c.C);
-    std::vector<float> pre((size_t)R * c.F), act(pre.size()), y((size_t)R * c.C);
-    auto got_pre = download(fx.acts.expert_pre, (size_t)c.E * R * c.F);
+    std::vector<float> pre((size_t)R * c.F), act(pre.size()), slope(pre.size()), y((size_t)R * c.C);
+    auto got_slope = download(fx.acts.expert_fc, (size_t)c.E * R * c.F);
     auto got_y = download(fx.acts.expert_out, (size_t)c.E * R * c.C);
     auto slot_choice = download(fx.acts.slot_choice, (size_t)c.E * R);
     ASSERT_NE(std::count(slot_choice.begin(), slot_choice.end(), -1), 0) << "want empty buffer rows";
     for (int e = 0; e < c.E; e++) {
         ref_moe_linear(pre.data(), &xin[(size_t)e * R * c.C], &fx.w.fc_w[(size_t)e * c.F * c.C], &fx.w.fc_b[(size_t)e * c.F],
                        R, c.C, c.F);
-        for (int r = 0; r < R; r++)  // an empty row is skipped: pre = act = 0, so its output is 0 too
-            if (slot_choice[e * R + r] < 0) std::fill(pre.begin() + (size_t)r * c.F, pre.begin() + (size_t)(r + 1) * c.F, 0.0f);
-        for (size_t i = 0; i < pre.size(); i++) act[i] = ref_moe_gelu(pre[i]);
+        for (size_t i = 0; i < pre.size(); i++) {
+            const bool empty = slot_choice[e * R + i / c.F] < 0;  // an empty row is skipped: act = slope = 0
+            act[i] = empty ? 0.0f : ref_moe_gelu(pre[i]);
+            slope[i] = empty ? 0.0f : ref_moe_gelu_grad(pre[i]);
+        }
         ref_moe_linear(y.data(), act.data(), &fx.w.proj_w[(size_t)e * c.C * c.F], (const float*)nullptr, R, c.F, c.C);
-        EXPECT_TRUE(all_close(std::vector<float>(got_pre.begin() + (size_t)e * R * c.F, got_pre.begin() + (size_t)(e + 1) * R * c.F), pre, 1e-4));
+        EXPECT_TRUE(all_close(std::vector<float>(got_slope.begin() + (size_t)e * R * c.F, got_slope.begin() + (size_t)(e + 1) * R * c.F), slope, 1e-4));
         EXPECT_TRUE(all_close(std::vector<float>(got_y.begin() + (size_t)e * R * c.C, got_y.begin() + (size_t)(e + 1) * R * c.C), y, 1e-4));
     }
     auto got_ys = download(fx.acts.shared_out, (size_t)c.S * c.N * c.C);
@@ -453,16 +455,16 @@ TEST_F(MoeTest, BackwardStagesMatchReference) {
         ref_moe_bias_backward(dbs.data(), fx.dout.data(), 0, 3, c.N, c.C);
         EXPECT_TRUE(all_close(download(scratch, dbs.size()), dbs, 1e-6));
         cudaFree(scratch);
-        // GELU backward
+        // GELU backward (a multiply by the saved slope)
         std::mt19937 rng(4);
-        std::vector<float> pre((size_t)rows * c.F), d(pre.size());
-        fill_uniform(pre, rng, -4.0f, 4.0f);
+        std::vector<float> slope((size_t)rows * c.F), d(slope.size());
+        fill_uniform(slope, rng, -0.2f, 1.2f);
         fill_uniform(d, rng, -1.0f, 1.0f);
-        upload(fx.acts.expert_pre, pre);
+        upload(fx.acts.expert_fc, slope);
         upload(fx.acts.d_expert_hidden, d);
-        moe_gelu_backward(fx.acts.d_expert_hidden, fx.acts.expert_pre, fx.acts.slot_choice, rows, c.F);
-        ref_moe_gelu_backward(d.data(), pre.data(), slot_choice.data(), rows, c.F);
-        EXPECT_TRUE(all_close(download(fx.acts.d_expert_hidden, d.size()), d, 1e-6));
+        moe_gelu_backward(fx.acts.d_expert_hidden, fx.acts.expert_fc, (long)d.size());
+        ref_moe_gelu_backward(d.data(), slope.data(), (long)d.size());
+        EXPECT_EQ(download(fx.acts.d_expert_hidden, d.size()), d);
         // router backward (gate gradients, gates, aux, softmax, z, noise)
         moe_router_backward(fx.acts, fx.d_dout, fx.dw, c, 0.3f, 0.05f, noise);
         std::vector<float> dr(fx.NE()), dnl(fx.NE()), dgate(fx.NK());
