@@ -39,6 +39,7 @@ struct TrainConfig {
     // evaluation, sampling, logging, checkpoints
     int eval_every = 0, eval_batches = 0, sample_every = 0, sample_len = 0, log_every = 0, checkpoint_every = 0;
     int plots = 0;
+    int stop_at = 0;  // stop after this step as if interrupted (0 = never)
 
     bool help = false;            // --help was given: print config_help() and exit 0
     std::set<std::string> given;  // flags that were set on the command line (for --resume)
@@ -99,6 +100,7 @@ inline const std::vector<FlagSpec>& flag_table() {
         {"log-every",        &C::log_every,        "10",    "10",    false, "console line and metrics.jsonl record every this many steps"},
         {"checkpoint-every", &C::checkpoint_every, "500",   "500",   false, "model.safetensors + state.safetensors every this many steps, and at the end (0 = end only)"},
         {"plots",            &C::plots,            "1",     "1",     false, "draw plots of the run at the end, 0|1"},
+        {"stop-at",          &C::stop_at,          "0",     "0",     false, "stop after this step as if interrupted, with a checkpoint (continue with --resume; 0 = run all --steps)"},
     };
     return table;
 }
@@ -223,6 +225,10 @@ inline bool parse_args(int argc, char** argv, bool gpu_backend, TrainConfig& c, 
     return true;
 }
 
+// The router kernels keep a token's E logits in registers (moe_layer.cuh's MOE_MAX_EXPERTS; the
+// trainer asserts the two agree).
+constexpr int kMaxExperts = 64;
+
 // Derives the 0 = "from dim" widths, then checks every field and their combinations.
 inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
     if (c.ffn_hidden == 0) c.ffn_hidden = 4 * c.dim;
@@ -256,6 +262,8 @@ inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
         !at_least("shared-experts", c.shared_experts, 0) || !at_least("shared-hidden", c.shared_hidden, 1) ||
         !at_least("ep-ranks", c.ep_ranks, 1))
         return false;
+    if (c.experts > kMaxExperts)
+        return fail("--experts " + std::to_string(c.experts) + " exceeds the supported maximum of " + std::to_string(kMaxExperts));
     if (c.experts > 0 && c.top_k > c.experts)
         return fail("--top-k " + std::to_string(c.top_k) + " exceeds --experts " + std::to_string(c.experts));
     if (!non_negative("capacity-factor", c.capacity_factor) || !non_negative("aux-coef", c.aux_coef) ||
@@ -271,7 +279,7 @@ inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
     if (!at_least("warmup", c.warmup, 0) || !at_least("seed", c.seed, 0) || !at_least("eval-every", c.eval_every, 0) ||
         !at_least("eval-batches", c.eval_batches, 1) || !at_least("sample-every", c.sample_every, 0) ||
         !at_least("sample-len", c.sample_len, 1) || !at_least("log-every", c.log_every, 1) ||
-        !at_least("checkpoint-every", c.checkpoint_every, 0))
+        !at_least("checkpoint-every", c.checkpoint_every, 0) || !at_least("stop-at", c.stop_at, 0))
         return false;
 
     // The kernels index with 32-bit ints: every buffer must stay below 2^31 elements.
@@ -344,12 +352,13 @@ inline std::string config_summary(const TrainConfig& c) {
 
 // --------------------------------------------------------------- metadata (checkpoints, resume)
 
-// Every field under its flag name, except the ones that only steer this process.
+// Every field under its flag name, except the ones that only steer this process (a resumed run
+// inherits the rest: same data path, same logging cadence, so its records line up with the original's).
 inline std::map<std::string, std::string> config_to_metadata(const TrainConfig& c) {
     std::map<std::string, std::string> m;
     for (const auto& f : flag_table()) {
         std::string name = f.name;
-        if (name == "resume" || name == "dump-state" || name == "out" || name == "device") continue;
+        if (name == "resume" || name == "dump-state" || name == "out" || name == "device" || name == "stop-at") continue;
         m[name] = get_flag_value(c, f);
     }
     return m;

@@ -356,7 +356,10 @@ struct TensorShape {
 };
 inline std::string shape_text(const std::vector<int64_t>& s) {
     std::string t = "[";
-    for (size_t i = 0; i < s.size(); i++) t += (i ? "," : "") + std::to_string(s[i]);
+    for (size_t i = 0; i < s.size(); i++) {
+        if (i) t += ',';
+        t += std::to_string(s[i]);
+    }
     return t + "]";
 }
 inline bool check_resume_tensors(const Checkpoint& c, const std::vector<TensorShape>& expected, std::string& error) {

@@ -368,7 +368,10 @@ inline std::string make_header(const File& f) {
         if (!first) h += ",";
         first = false;
         h += json::quote(t.name) + ":{\"dtype\":" + json::quote(t.dtype) + ",\"shape\":[";
-        for (size_t i = 0; i < t.shape.size(); i++) h += (i ? "," : "") + std::to_string(t.shape[i]);
+        for (size_t i = 0; i < t.shape.size(); i++) {
+            if (i) h += ',';
+            h += std::to_string(t.shape[i]);
+        }
         h += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + t.data.size()) + "]}";
         offset += t.data.size();
     }

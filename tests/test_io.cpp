@@ -455,6 +455,7 @@ TEST(Config, BadInputIsOneLineNamingTheFlag) {
         {{"--steps", "0"}, "--steps must be at least 1"},
         {{"--heads", "3"}, "--heads 3 does not divide --dim 128"},
         {{"--experts", "-1"}, "--experts must be at least 0"},
+        {{"--experts", "65"}, "--experts 65 exceeds the supported maximum of 64"},
         {{"--top-k", "0"}, "--top-k must be at least 1"},
         {{"--top-k", "9"}, "--top-k 9 exceeds --experts 8"},
         {{"--experts", "2", "--top-k", "3"}, "--top-k 3 exceeds --experts 2"},
