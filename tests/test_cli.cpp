@@ -1,0 +1,360 @@
+// tests/test_cli.cpp: the trainer binary end to end, on tiny models and small generated texts.
+//
+//   - every kind of bad input: exit status 2, exactly one line on stderr naming the problem,
+//     nothing on stdout, and not one byte changed in an earlier run's directory
+//   - determinism: the same seed gives bit-identical losses and weights, run to run
+//   - resume: stopping at step N and resuming gives the same losses and weights as never stopping
+//   - --help, --dump-state, the files of a run
+//
+// The binary is ./train_moe_cpu of the repository (`make test-cpu` builds it before the suite
+// runs), found next to the test binary's build directory or in the current directory; the
+// environment variable MOE_TRAINER overrides the path.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "data/synthetic.h"
+#include "run_files.h"
+#include "safetensors.h"
+
+namespace {
+
+std::string read_file(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str();
+}
+void write_file(const std::string& path, const std::string& bytes) {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f.write(bytes.data(), (std::streamsize)bytes.size());
+}
+
+std::string trainer_path() {
+    if (const char* env = getenv("MOE_TRAINER")) return env;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    std::vector<std::string> candidates;
+    if (n > 0) {
+        exe[n] = '\0';
+        std::string dir = dir_of(exe);  // build/cpu -> the repository is two levels up
+        candidates.push_back(dir + "/../../train_moe_cpu");
+    }
+    candidates.push_back("./train_moe_cpu");
+    for (const auto& c : candidates)
+        if (access(c.c_str(), X_OK) == 0) return c;
+    return "";
+}
+
+struct Result {
+    int status = -1;
+    std::string out, err;
+    int err_lines() const {
+        int n = 0;
+        for (char c : err) n += c == '\n';
+        return n;
+    }
+};
+
+std::string quote(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+}
+
+// Everything the suite shares: the binary, a scratch directory, text files, one earlier run.
+class Cli : public ::testing::Test {
+protected:
+    static std::string bin, dir;
+    static std::string good, other, empty, short_text;
+    static std::map<std::string, std::string> prev_files;  // the earlier run's files, byte for byte
+
+    // A tiny configuration: one layer, width 16, block 8, batch 2.
+    static std::vector<std::string> tiny(std::vector<std::string> more = {}) {
+        std::vector<std::string> a = {"--data", good, "--layers", "1", "--dim", "16", "--heads", "2", "--block-size", "8",
+                                      "--batch", "2", "--steps", "3", "--eval-batches", "2", "--sample-len", "16",
+                                      "--experts", "4", "--top-k", "2"};
+        a.insert(a.end(), more.begin(), more.end());
+        return a;
+    }
+    static Result run(const std::vector<std::string>& args) {
+        static int counter = 0;
+        std::string out = dir + "/stdout" + std::to_string(counter), err = dir + "/stderr" + std::to_string(counter);
+        counter++;
+        std::string cmd = "cd " + quote(dir) + " && " + quote(bin);
+        for (const auto& a : args) cmd += " " + quote(a);
+        cmd += " >" + quote(out) + " 2>" + quote(err) + " </dev/null";
+        int status = std::system(cmd.c_str());
+        Result r;
+        r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        r.out = read_file(out);
+        r.err = read_file(err);
+        return r;
+    }
+    static std::map<std::string, std::string> snapshot(const std::string& d) {
+        std::map<std::string, std::string> files;
+        std::string listing = dir + "/listing";
+        std::system(("ls -A " + quote(d) + " > " + quote(listing)).c_str());
+        std::istringstream names(read_file(listing));
+        std::string name;
+        while (std::getline(names, name)) files[name] = read_file(d + "/" + name);
+        return files;
+    }
+
+    static void SetUpTestSuite() {
+        bin = trainer_path();
+        char tmpl[] = "/tmp/moe_test_cli_XXXXXX";
+        dir = mkdtemp(tmpl);
+        if (bin.empty()) return;
+        if (bin[0] != '/') {
+            char cwd[4096];
+            bin = std::string(getcwd(cwd, sizeof cwd)) + "/" + bin;
+        }
+        good = dir + "/good.txt";
+        other = dir + "/other.txt";
+        empty = dir + "/empty.txt";
+        short_text = dir + "/short.txt";
+        write_file(good, make_synthetic_corpus(11, 4000).text);
+        std::string text = make_synthetic_corpus(11, 4000).text;
+        write_file(other, std::string(text.rbegin(), text.rend()));  // same vocabulary, another text
+        write_file(empty, "");
+        write_file(short_text, "to be or not to be");  // 18 characters: 16 train, 2 validation
+        Result r = run(tiny({"--out", dir + "/prev"}));
+        ASSERT_EQ(r.status, 0) << r.err;
+        prev_files = snapshot(dir + "/prev");
+    }
+    static void TearDownTestSuite() { std::system(("rm -rf " + quote(dir)).c_str()); }
+
+    void SetUp() override {
+        ASSERT_FALSE(bin.empty()) << "train_moe_cpu not found: build it first (make test-cpu builds it), or set MOE_TRAINER";
+        ASSERT_FALSE(prev_files.empty());
+    }
+
+    // Bad input: status 2, one line on stderr containing `expect`, nothing on stdout, the earlier
+    // run untouched.
+    static void expect_rejected(const std::vector<std::string>& args, const std::string& expect) {
+        Result r = run(args);
+        std::string cmd;
+        for (const auto& a : args) cmd += " " + a;
+        EXPECT_EQ(r.status, 2) << cmd << "\n" << r.err;
+        EXPECT_EQ(r.err_lines(), 1) << cmd << "\n" << r.err;
+        EXPECT_NE(r.err.find(expect), std::string::npos) << cmd << "\nexpected \"" << expect << "\" in: " << r.err;
+        EXPECT_EQ(r.out, "") << cmd;
+        EXPECT_TRUE(snapshot(dir + "/prev") == prev_files) << cmd << ": the earlier run's directory changed";
+    }
+
+    // A copy of the earlier run's checkpoint pair in a fresh directory, for corrupting.
+    static std::string checkpoint_copy(const std::string& name) {
+        std::string d = dir + "/" + name;
+        std::string error;
+        make_dirs(d, error);
+        write_file(d + "/model.safetensors", prev_files.at("model.safetensors"));
+        write_file(d + "/state.safetensors", prev_files.at("state.safetensors"));
+        return d;
+    }
+};
+std::string Cli::bin, Cli::dir, Cli::good, Cli::other, Cli::empty, Cli::short_text;
+std::map<std::string, std::string> Cli::prev_files;
+
+// The records of metrics.jsonl without the timing fields, which differ run to run.
+std::vector<std::string> losses_of(const std::string& metrics_path) {
+    std::vector<std::string> records;
+    std::istringstream lines(read_file(metrics_path));
+    std::string line;
+    while (std::getline(lines, line)) {
+        json::Value v;
+        std::string err;
+        EXPECT_TRUE(json::parse(line, v, err)) << line;
+        std::string r;
+        for (const auto& [k, x] : v.object)
+            if (k != "ms_per_step" && k != "tokens_per_s") r += k + "=" + (x.is_number() ? x.text : "?") + " ";
+        records.push_back(r);
+    }
+    return records;
+}
+
+}  // namespace
+
+TEST_F(Cli, EarlierRunWroteEveryFile) {
+    for (const char* f : {"metrics.jsonl", "samples.txt", "model.safetensors", "state.safetensors", "summary.json"})
+        EXPECT_EQ(prev_files.count(f), 1u) << f;
+    EXPECT_EQ(prev_files.size(), 5u);  // no temporaries left behind
+    json::Value summary;
+    std::string err;
+    ASSERT_TRUE(json::parse(prev_files.at("summary.json"), summary, err)) << err;
+    EXPECT_EQ(summary.get("steps")->number, 3);
+    EXPECT_TRUE(summary.get("final_val_loss")->is_number());
+    std::vector<std::string> records = losses_of(dir + "/prev/metrics.jsonl");
+    ASSERT_FALSE(records.empty());
+    EXPECT_NE(records.back().find("step=3 "), std::string::npos);
+    EXPECT_NE(records.back().find("val_loss="), std::string::npos);
+    safetensors::File model;
+    ASSERT_TRUE(safetensors::read(dir + "/prev/model.safetensors", model, err)) << err;
+    EXPECT_EQ(*model.meta("dim"), "16");
+    EXPECT_EQ(*model.meta("step"), "3");
+    EXPECT_NE(model.find("h.0.moe.experts.c_fc.weight"), nullptr);
+}
+
+TEST_F(Cli, HelpListsTheFlags) {
+    Result r = run({"--help"});
+    EXPECT_EQ(r.status, 0);
+    for (const char* flag : {"--data", "--resume", "--dump-state", "--experts", "--capacity-factor", "--device"})
+        EXPECT_NE(r.out.find(flag), std::string::npos) << flag;
+}
+
+TEST_F(Cli, BadFlagsAreRejected) {
+    const std::string prev = dir + "/prev";
+    expect_rejected(tiny({"--out", prev, "--bogus", "1"}), "unknown flag --bogus");
+    expect_rejected(tiny({"--out", prev, "--steps", "12x"}), "--steps: \"12x\" is not an integer");
+    expect_rejected(tiny({"--out", prev, "--lr", "1e999"}), "--lr: \"1e999\"");
+    expect_rejected(tiny({"--out", prev, "--batch"}), "missing value for --batch");
+    expect_rejected(tiny({"--out", prev, "--heads", "3"}), "--heads 3 does not divide --dim 16");
+    expect_rejected(tiny({"--out", prev, "--layers", "0"}), "--layers must be at least 1");
+    expect_rejected(tiny({"--out", prev, "--batch", "-2"}), "--batch must be at least 1");
+    expect_rejected(tiny({"--out", prev, "--dim", "0"}), "--dim must be at least 1");
+    expect_rejected(tiny({"--out", prev, "--block-size", "0"}), "--block-size must be at least 1");
+    expect_rejected(tiny({"--out", prev, "--top-k", "5"}), "--top-k 5 exceeds --experts 4");
+    expect_rejected(tiny({"--out", prev, "--aux-coef", "-1"}), "--aux-coef must not be negative");
+    expect_rejected(tiny({"--out", prev, "--device", "gpu"}), "this is the CPU build");
+}
+
+TEST_F(Cli, BadDataIsRejected) {
+    const std::string prev = dir + "/prev";
+    expect_rejected(tiny({"--out", prev, "--data", dir + "/missing.txt"}), "missing.txt: No such file");
+    expect_rejected(tiny({"--out", prev, "--data", empty}), "is empty");
+    expect_rejected(tiny({"--out", prev, "--data", short_text}), "--block-size 8 needs at least 9 characters");
+    expect_rejected(tiny({"--out", prev, "--block-size", "1000"}), "--block-size 1000 needs at least 1001 characters");
+}
+
+TEST_F(Cli, ExistingRunDirectoryIsNotOverwritten) {
+    expect_rejected(tiny({"--out", dir + "/prev"}), "already holds a run");
+    expect_rejected(tiny({"--out", dir + "/prev/metrics.jsonl"}), "is not a directory");
+    expect_rejected(tiny({"--out", dir + "/prev", "--dump-state", dir + "/nodir/dump.safetensors"}), "does not exist");
+}
+
+TEST_F(Cli, BadCheckpointsAreRejected) {
+    const std::string prev = dir + "/prev", model = prev_files.at("model.safetensors");
+    // truncated at several points
+    for (size_t cut : {(size_t)0, (size_t)5, (size_t)100, model.size() / 2, model.size() - 1}) {
+        std::string d = checkpoint_copy("trunc" + std::to_string(cut));
+        write_file(d + "/model.safetensors", model.substr(0, cut));
+        expect_rejected(tiny({"--out", prev, "--resume", d + "/model.safetensors"}), "--resume " + d + "/model.safetensors");
+        expect_rejected(tiny({"--resume", d + "/model.safetensors"}), "--resume");  // into its own directory
+    }
+    // corrupt: a header byte flipped, the JSON broken
+    {
+        std::string d = checkpoint_copy("corrupt"), bad = model;
+        bad[8] = '[';
+        write_file(d + "/model.safetensors", bad);
+        expect_rejected(tiny({"--out", prev, "--resume", d + "/model.safetensors"}), "not a safetensors file");
+        bad = model;
+        bad[9] = '\x01';
+        write_file(d + "/model.safetensors", bad);
+        expect_rejected(tiny({"--out", prev, "--resume", d + "/model.safetensors"}), "header is not valid JSON");
+    }
+    // not a safetensors file at all; no file
+    write_file(dir + "/notes.txt", "these are not weights, just a text file of some length\n");
+    expect_rejected(tiny({"--out", prev, "--resume", dir + "/notes.txt"}), "not a safetensors file");
+    expect_rejected(tiny({"--out", prev, "--resume", dir + "/nothing.safetensors"}), "No such file");
+    // a safetensors file that is not a checkpoint (the earlier run's state file)
+    expect_rejected(tiny({"--out", prev, "--resume", prev + "/state.safetensors"}), "not a moe.cu checkpoint");
+    // another configuration, on the command line (the run directory is the checkpoint's own)
+    expect_rejected(tiny({"--resume", prev + "/model.safetensors", "--dim", "32", "--heads", "2"}),
+                    "the checkpoint was trained with --dim 16, not 32");
+    expect_rejected(tiny({"--resume", prev + "/model.safetensors", "--experts", "0"}), "--experts 4, not 0");
+    // another text
+    expect_rejected(tiny({"--resume", prev + "/model.safetensors", "--data", other}), "not the text the checkpoint was trained on");
+    // the state of another run beside the model
+    {
+        std::string d = dir + "/mixed";
+        Result r = run(tiny({"--out", d, "--lr", "0.002"}));
+        ASSERT_EQ(r.status, 0) << r.err;
+        write_file(d + "/model.safetensors", model);
+        expect_rejected(tiny({"--out", prev, "--resume", d + "/model.safetensors"}), "belongs to another run");
+    }
+    // a model without its state
+    {
+        std::string d = checkpoint_copy("nostate");
+        unlink((d + "/state.safetensors").c_str());
+        expect_rejected(tiny({"--resume", d + "/model.safetensors"}), "state.safetensors: missing");
+    }
+    // a finished run cannot be resumed
+    expect_rejected(tiny({"--resume", prev + "/model.safetensors"}), "already complete");
+}
+
+TEST_F(Cli, SameSeedSameLossesAndResumeContinuesExactly) {
+    auto args = [&](const std::string& out, std::vector<std::string> more = {}) {
+        std::vector<std::string> a = tiny({"--out", out, "--steps", "12", "--log-every", "1", "--eval-every", "4",
+                                           "--sample-every", "4", "--warmup", "3"});
+        a.insert(a.end(), more.begin(), more.end());
+        return a;
+    };
+    const std::string a = dir + "/det_a", b = dir + "/det_b", c = dir + "/det_c";
+    Result ra = run(args(a)), rb = run(args(b));
+    ASSERT_EQ(ra.status, 0) << ra.err;
+    ASSERT_EQ(rb.status, 0) << rb.err;
+    std::vector<std::string> la = losses_of(a + "/metrics.jsonl");
+    ASSERT_EQ(la.size(), 12u);
+    EXPECT_EQ(la, losses_of(b + "/metrics.jsonl"));
+    EXPECT_EQ(read_file(a + "/model.safetensors"), read_file(b + "/model.safetensors"));
+    EXPECT_EQ(read_file(a + "/samples.txt"), read_file(b + "/samples.txt"));
+
+    // Stop after step 6, then resume from the checkpoint in the same directory.
+    Result rc = run(args(c, {"--stop-at", "6"}));
+    ASSERT_EQ(rc.status, 0) << rc.err;
+    EXPECT_FALSE(path_exists(c + "/summary.json"));
+    EXPECT_EQ(losses_of(c + "/metrics.jsonl").size(), 6u);
+    Result rr = run({"--resume", c + "/model.safetensors"});  // everything else comes from the checkpoint
+    ASSERT_EQ(rr.status, 0) << rr.err;
+    EXPECT_NE(rr.out.find("from " + c + "/model.safetensors at step 6"), std::string::npos) << rr.out;
+    EXPECT_EQ(losses_of(c + "/metrics.jsonl"), la);
+    EXPECT_EQ(read_file(c + "/model.safetensors"), read_file(a + "/model.safetensors"));
+    EXPECT_EQ(read_file(c + "/samples.txt"), read_file(a + "/samples.txt"));
+    EXPECT_TRUE(path_exists(c + "/summary.json"));
+
+    // A different seed gives different losses.
+    Result rd = run(args(dir + "/det_d", {"--seed", "7"}));
+    ASSERT_EQ(rd.status, 0) << rd.err;
+    EXPECT_NE(losses_of(dir + "/det_d/metrics.jsonl"), la);
+}
+
+TEST_F(Cli, DenseModelTrains) {
+    Result r = run(tiny({"--out", dir + "/dense", "--experts", "0", "--steps", "4"}));
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_NE(r.out.find("(dense)"), std::string::npos) << r.out;
+    safetensors::File model;
+    std::string err;
+    ASSERT_TRUE(safetensors::read(dir + "/dense/model.safetensors", model, err)) << err;
+    EXPECT_NE(model.find("h.0.mlp.c_fc.weight"), nullptr);
+    EXPECT_EQ(model.find("h.0.moe.router.weight"), nullptr);
+}
+
+TEST_F(Cli, DumpStateWritesTheSpecTensorsAndNoRun) {
+    const std::string path = dir + "/dump.safetensors";
+    Result r = run(tiny({"--dump-state", path, "--out", dir + "/dump_run"}));
+    ASSERT_EQ(r.status, 0) << r.err;
+    EXPECT_FALSE(path_exists(dir + "/dump_run"));
+    safetensors::File f;
+    std::string err;
+    ASSERT_TRUE(safetensors::read(path, f, err)) << err;
+    for (const char* name : {"wte", "grad.wte", "grad.h.0.moe.router.weight", "inputs", "targets", "logits", "loss.total",
+                             "loss.ce", "loss.aux", "loss.z", "h.0.moe.topk_idx", "h.0.moe.kept", "h.0.moe.gates",
+                             "h.0.moe.noise_eps"})
+        EXPECT_NE(f.find(name), nullptr) << name;
+    EXPECT_EQ(f.find("inputs")->dtype, "I32");
+    EXPECT_EQ(f.find("inputs")->shape, (std::vector<int64_t>{2, 8}));
+    EXPECT_EQ(f.find("h.0.moe.topk_idx")->shape, (std::vector<int64_t>{16, 2}));
+    EXPECT_EQ(f.find("h.0.moe.noise_eps")->shape, (std::vector<int64_t>{16, 4}));
+    EXPECT_EQ(f.find("loss.total")->shape, std::vector<int64_t>{});
+    ASSERT_NE(f.meta("vocab"), nullptr);
+    EXPECT_EQ(f.find("logits")->shape, (std::vector<int64_t>{2, 8, (int64_t)f.meta("vocab")->size()}));
+    // The dump's weights are the initial ones: the same seed gives the same dump.
+    Result r2 = run(tiny({"--dump-state", path + "2"}));
+    ASSERT_EQ(r2.status, 0) << r2.err;
+    EXPECT_EQ(read_file(path), read_file(path + "2"));
+}
