@@ -193,7 +193,7 @@ constexpr int MOE_TOKEN_BLOCK = 64;     // threads per block of a thread-per-tok
 constexpr int MOE_SCAN_THREADS = 64;    // threads of a capacity-scan block
 constexpr int MOE_REDUCE_THREADS = 256; // threads of the aux/z block (8 warps)
 constexpr int MOE_COLUMN_BLOCK = 256;   // threads per block of the column-sum (bias gradient) kernel
-constexpr int MOE_ELEMENTWISE_BLOCK = 256;
+constexpr int MOE_ELEMENTWISE_BLOCK = 64;      // an elementwise block covers a tile of 64 * 64 floats (16 KB)
 constexpr int MOE_ELEMENTS_PER_THREAD = 64;
 
 inline int moe_threads_per_row(int width) {
@@ -647,12 +647,16 @@ __global__ void moe_bias_backward_kernel(float* dbias,      // (B,W) +=
 }
 
 // GELU backward, in place:  dL/dz = dL/dact * GELU'(z), the slope saved by the forward (0 on empty rows)
-// Grid-stride, about MOE_ELEMENTS_PER_THREAD elements per thread.
+// Block b owns the contiguous tile [b*T, (b+1)*T), T = blockDim * MOE_ELEMENTS_PER_THREAD; thread i
+// takes i, i + blockDim, ... of it: coalesced on a GPU, and on the CPU layer (where the block's threads
+// run one after another) the tile stays in L1. A grid-wide stride would walk every thread across the
+// whole array instead, several times slower there.
 __global__ void moe_gelu_backward_kernel(float* d,            // (n) in: dL/d act, out: dL/dz
                                          const float* slope,  // (n) GELU'(z)
                                          long n) {
-    const long stride = (long)gridDim.x * blockDim.x;
-    for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) d[i] *= slope[i];
+    const long begin = (long)blockIdx.x * blockDim.x * MOE_ELEMENTS_PER_THREAD;
+    const long end = min(n, begin + (long)blockDim.x * MOE_ELEMENTS_PER_THREAD);
+    for (long i = begin + threadIdx.x; i < end; i += blockDim.x) d[i] *= slope[i];
 }
 
 // Router backward (one thread per token): everything between the combine and the logits.

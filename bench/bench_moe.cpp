@@ -2,13 +2,15 @@
 // (N=768 tokens, C=128, E=8 experts, K=2, F=256, capacity factor 1.25, router noise on, no shared
 // expert), next to the dense FFN of equal active compute (F=4C=512) built from matmul.cuh and
 // activations.cuh. Prints the median over REPS repetitions of each stage, in milliseconds.
-// Worker threads: env SIMT_THREADS (or the first argument).
+// Worker threads: env SIMT_THREADS (or the first argument). BENCH_MIN=1 reports the minimum instead
+// of the median, BENCH_CPU=1 thread CPU time instead of wall time (both for a busy machine).
 //
 //   make bench-moe            or   build/cpu/bench_moe [worker_threads]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <functional>
 #include <random>
 #include <vector>
@@ -31,6 +33,19 @@ float* device_floats(size_t n, std::mt19937& rng, float scale) {
     return d;
 }
 
+// Wall clock in ms; with BENCH_CPU=1 the calling thread's CPU time instead, which a busy shared machine
+// disturbs much less (meaningful with 1 worker thread and OPENBLAS_NUM_THREADS=1, where all work runs
+// on this thread).
+double now_ms() {
+    static const bool cpu = getenv("BENCH_CPU") != nullptr;
+    if (cpu) {
+        timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+    }
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
 // Median wall time of f() in ms, after one warm-up call; setup() (untimed) runs before every call.
 double median_ms(const std::function<void()>& f, const std::function<void()>& setup = nullptr) {
     if (setup) setup();
@@ -40,10 +55,10 @@ double median_ms(const std::function<void()>& f, const std::function<void()>& se
     for (double& ms : t) {
         if (setup) setup();
         CUDA_CHECK(cudaDeviceSynchronize());
-        const auto start = std::chrono::steady_clock::now();
+        const double start = now_ms();
         f();
         CUDA_CHECK(cudaDeviceSynchronize());
-        ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+        ms = now_ms() - start;
     }
     std::sort(t.begin(), t.end());
     if (getenv("BENCH_MIN")) return t[0];  // on a shared, busy machine the minimum is the steadier number
