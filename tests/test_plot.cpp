@@ -211,6 +211,55 @@ TEST(Plot, GroupedBars) {
     EXPECT_GT(pixels_near(im, plot::palette(1), 4), 2000);
 }
 
+// Panels of line plots (drop rate and router entropy over time per layer; gradient norms of 8 experts, log scale).
+TEST(Plot, LinePanelsManySeries) {
+    std::vector<plot::Axes> panels(3);
+    panels[0].title = "drop rate";
+    panels[0].xlabel = "step";
+    panels[0].ylabel = "dropped choices / (N*K)";
+    panels[1].title = "router entropy";
+    panels[1].xlabel = "step";
+    panels[1].ylabel = "mean H(p) (nats)";
+    panels[2].title = "expert gradient L2 norm (layer 0)";
+    panels[2].xlabel = "step";
+    panels[2].ylabel = "||grad||";
+    panels[2].log_y = true;
+    for (int l = 0; l < 2; l++) {
+        plot::Series d, h;
+        d.name = h.name = "layer " + std::to_string(l);
+        for (int s = 0; s <= 1000; s += 25) {
+            d.x.push_back(s);
+            d.y.push_back(0.3 * std::exp(-s / (200.0 + 300 * l)) + 0.01);
+            h.x.push_back(s);
+            h.y.push_back(std::log(8.0) * (1 - 0.5 * (1 - std::exp(-s / 300.0)) * (l + 1) / 2));
+        }
+        panels[0].series.push_back(d);
+        panels[1].series.push_back(h);
+    }
+    plot::Series uniform;
+    uniform.name = "ln E (uniform)";
+    panels[1].hlines.push_back(plot::RefLine{std::log(8.0), "ln 8 (uniform router)", plot::rgb(120, 120, 120), true});
+    for (int e = 0; e < 8; e++) {
+        plot::Series g;
+        g.name = "expert " + std::to_string(e);
+        for (int s = 0; s <= 1000; s += 25) {
+            g.x.push_back(s);
+            g.y.push_back((e == 5 ? 1e-4 : 0.05) * (1 + e) * std::exp(-s / 700.0));
+        }
+        g.width = 1.6;
+        panels[2].series.push_back(g);
+    }
+    plot::Figure f = plot::grid_figure("Routing over time", panels, 3, 520, 380);
+    std::string path = out_dir() + "/line_panels.png";
+    ASSERT_TRUE(plot::save_png(f, path));
+    Image im = load(path);
+    ASSERT_TRUE(im.ok);
+    EXPECT_EQ(im.w, 3 * 520 + 8);
+    EXPECT_EQ(im.h, f.height);
+    EXPECT_GT(distinct_colours(im), 100u);
+    for (int e = 0; e < 8; e++) EXPECT_GT(pixels_near(im, plot::palette(e), 8), 30) << "expert " << e;
+}
+
 TEST(Plot, FallbackFontWhenTrueTypeIsMissing) {
     plot::Font& font = plot::Font::get();
     EXPECT_FALSE(font.load("/nonexistent/font.ttf"));
