@@ -16,7 +16,8 @@ BUILD := build
 
 # libcurand: the real host generator from the CUDA toolkit (no GPU needed)
 CURAND_DIR := $(firstword $(wildcard $(CUDA_HOME)/lib64/libcurand.so) $(wildcard /usr/lib/x86_64-linux-gnu/libcurand.so))
-CURAND_LIB := $(if $(CURAND_DIR),-L$(dir $(CURAND_DIR)) -Wl,-rpath,$(dir $(CURAND_DIR)) -lcurand,)
+comma := ,
+CURAND_LIB := $(if $(CURAND_DIR),-L$(dir $(CURAND_DIR)) -Wl$(comma)-rpath$(comma)$(dir $(CURAND_DIR)) -lcurand,)
 CURAND_FLAG := $(if $(CURAND_DIR),,-DSIMT_NO_CURAND)
 
 WARN := -Wall -Wextra
