@@ -37,8 +37,9 @@
 // =====================================================================================
 // 1. Qualifiers
 // =====================================================================================
-// On the CPU every function is host code, so the execution-space qualifiers vanish.
-#define __global__
+// On the CPU every function is host code, so the execution-space qualifiers vanish. Kernels live
+// in headers that several translation units include; `inline` keeps them one definition each.
+#define __global__ inline
 #define __device__
 #define __host__
 #define __constant__
