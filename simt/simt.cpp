@@ -559,6 +559,12 @@ inline void resume(Worker* w, Fiber* f) {
     }
 }
 
+// "./tests/x.cuh" -> "tests/x.cuh" (an include found through -I. has the ./ prefix).
+const char* clean_path(const char* file) {
+    while (file[0] == '.' && file[1] == '/') file += 2;
+    return file;
+}
+
 bool same_site(const std::source_location& a, const std::source_location& b) {
     // libstdc++'s source_location is one pointer to a per-call-site constant: equal bits, same site.
     if (std::memcmp(&a, &b, sizeof a) == 0) return true;
@@ -639,7 +645,7 @@ unsigned active_mask() {
 
 [[noreturn]] void trap(const char* why, std::source_location loc) {
     detail::current_fiber(why);
-    throw detail::DeviceTrap{format("%s at %s:%u", why, loc.file_name(), (unsigned)loc.line())};
+    throw detail::DeviceTrap{format("%s at %s:%u", why, detail::clean_path(loc.file_name()), (unsigned)loc.line())};
 }
 
 namespace detail {
@@ -707,7 +713,7 @@ std::string describe_threads(Worker* w, int first, int count) {
     std::string s;
     for (const Group& g : groups) {
         if (!s.empty()) s += ", ";
-        s += format("%d thread%s at %s:%u (%s)", g.n, g.n == 1 ? "" : "s", g.site.file_name(), (unsigned)g.site.line(),
+        s += format("%d thread%s at %s:%u (%s)", g.n, g.n == 1 ? "" : "s", clean_path(g.site.file_name()), (unsigned)g.site.line(),
                     op_name(g.state, g.op));
     }
     if (running) s += format("%s%d threads released", s.empty() ? "" : ", ", running);
@@ -755,7 +761,7 @@ bool resolve_warp(Worker* w, int warp) {
         if (!((M >> lane) & 1u)) {
             fail_block(w, format("simt: warp divergence in kernel '%s' %s: lane %d calls %s at %s:%u with mask 0x%08x "
                                  "that does not include itself",
-                                 w->launch->name, block_string(*w).c_str(), lane, name, f.site.file_name(),
+                                 w->launch->name, block_string(*w).c_str(), lane, name, clean_path(f.site.file_name()),
                                  (unsigned)f.site.line(), f.mask));
             return false;
         }
@@ -765,7 +771,7 @@ bool resolve_warp(Worker* w, int warp) {
             if (F[j].state == kDone) {
                 fail_block(w, format("simt: warp divergence in kernel '%s' %s warp %d: %s at %s:%u with mask 0x%08x "
                                      "names lane %d, which has exited (%s)",
-                                     w->launch->name, block_string(*w).c_str(), warp, name, f.site.file_name(),
+                                     w->launch->name, block_string(*w).c_str(), warp, name, clean_path(f.site.file_name()),
                                      (unsigned)f.site.line(), f.mask, j, describe_threads(w, base, lanes).c_str()));
                 return false;
             }
@@ -839,7 +845,7 @@ bool resolve_warp(Worker* w, int warp) {
             if (width < 1 || width > 32 || (width & (width - 1)) != 0) {
                 fail_block(w, format("simt: invalid width %d for %s at %s:%u in kernel '%s' (must be a power of 2 "
                                      "<= 32)",
-                                     width, name, f.site.file_name(), (unsigned)f.site.line(), w->launch->name));
+                                     width, name, clean_path(f.site.file_name()), (unsigned)f.site.line(), w->launch->name));
                 return false;
             }
         }
@@ -1340,8 +1346,7 @@ cudaError_t memcpy_impl(const char* call, void* dst, const void* src, size_t byt
 }  // namespace
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-    simt::g_syncs++;  // cudaMemcpy synchronizes with the device
-    if (cudaError_t e = simt::take_async_error()) return e;
+    if (cudaError_t e = simt::take_async_error()) return e;  // a blocking copy reports earlier kernel faults
     return memcpy_impl("cudaMemcpy", dst, src, bytes, kind);
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
@@ -1678,6 +1683,7 @@ extern "C" curandStatus_t simt_real_curand_normal(curandGenerator_t, float*, siz
 extern "C" curandStatus_t simt_real_curand_uniform(curandGenerator_t, float*, size_t) __asm__("curandGenerateUniform");
 
 curandStatus_t curandGenerateNormal(curandGenerator_t generator, float* out, size_t n, float mean, float stddev) {
+    if (n % 2 != 0) return CURAND_STATUS_LENGTH_NOT_MULTIPLE;  // the GPU generator insists (Box-Muller pairs)
     if (curandStatus_t s = check_rng_output("curandGenerateNormal", out, n)) return s;
     simt::DeviceAccess access;
     return simt_real_curand_normal(generator, out, n, mean, stddev);

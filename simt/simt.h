@@ -388,7 +388,9 @@ inline unsigned __reduce_xor_sync(unsigned mask, unsigned value, std::source_loc
 // Memory fences: blocks run on several OS threads, so these are real fences.
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence_block() { std::atomic_signal_fence(std::memory_order_seq_cst); }
-[[noreturn]] inline void __trap() { simt::trap("__trap()"); }
+[[noreturn]] inline void __trap(std::source_location loc = std::source_location::current()) {
+    simt::trap("__trap()", loc);
+}
 
 // =====================================================================================
 // 6. Atomics: real ones (blocks of one grid run on several OS threads); relaxed, like CUDA's.
