@@ -122,6 +122,14 @@ $(BUILD)/cpu/bench_kernels: bench/bench_kernels.cpp $(HEADERS) $(BUILD)/cpu/simt
 bench-kernels: $(BUILD)/cpu/bench_kernels
 	$(BUILD)/cpu/bench_kernels
 
+# ---------------------------------------------------------------- SIMT layer bench (cost per CUDA thread)
+.PHONY: bench-simt
+$(BUILD)/cpu/bench_simt: bench/bench_simt.cpp $(HEADERS) $(BUILD)/cpu/simt.o
+	$(CXX) $(CPU_FLAGS) $< $(BUILD)/cpu/simt.o -o $@ $(CPU_LIBS)
+
+bench-simt: $(BUILD)/cpu/bench_simt
+	$(BUILD)/cpu/bench_simt
+
 # ---------------------------------------------------------------- top-level targets
 # tiny Shakespeare: copied from ../shared/data/ when present, else downloaded; sha256-checked
 data:
