@@ -187,6 +187,26 @@ inline bool truncate_metrics(const std::string& path, long long max_step, std::s
     return !changed || write_text_atomic(path, kept, error);
 }
 
+// The same for samples.txt: everything from the first "--- step N ---" header with N > max_step on.
+inline bool truncate_samples(const std::string& path, long long max_step, std::string& error) {
+    FILE* f = fopen(path.c_str(), "rb");
+    if (!f) return true;
+    std::string text;
+    char buf[1 << 16];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+    fclose(f);
+    for (size_t at = 0; at < text.size();) {
+        long long step;
+        if (sscanf(text.c_str() + at, "--- step %lld ---", &step) == 1 && step > max_step)
+            return write_text_atomic(path, text.substr(0, at), error);
+        size_t next = text.find('\n', at);
+        if (next == std::string::npos) break;
+        at = next + 1;
+    }
+    return true;
+}
+
 inline bool append_sample(const std::string& path, long long step, const std::string& text, std::string& error) {
     FILE* f = fopen(path.c_str(), "a");
     if (!f) {

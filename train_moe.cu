@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "model.cuh"
+#include "diagnostics.cuh"
 #include "config.h"
 #include "data/dataloader.h"
 #include "run_files.h"
@@ -339,10 +340,13 @@ int main(int argc, char** argv) {
     printf("config | %s\n", config_summary(cfg).c_str());
     printf("data   | %s: %zu characters, vocabulary %zu, %zu train / %zu validation\n", data.name.c_str(),
            data.tokens.size(), data.vocab.size(), data.train_size(), data.val_size());
+    // Every MoE layer sees the same N tokens per step, so the capacity is the same in each.
+    const int capacity = mc.moe() ? model_moe_config(mc, cfg.batch * cfg.block_size).capacity : 0;
     if (mc.moe())
-        printf("model  | %s parameters, %s active per token (%d experts, top-%d, %d shared)\n",
-               human_count((double)total_params).c_str(), human_count((double)active_params).c_str(), mc.experts,
-               mc.top_k, mc.shared_experts);
+        printf("model  | %s parameters, %s active per token (%.2fx; %d experts, top-%d, %d shared), capacity %d "
+               "tokens per expert per layer\n",
+               human_count((double)total_params).c_str(), human_count((double)active_params).c_str(),
+               (double)total_params / (double)active_params, mc.experts, mc.top_k, mc.shared_experts, capacity);
     else
         printf("model  | %s parameters (dense)\n", human_count((double)total_params).c_str());
 
@@ -364,13 +368,26 @@ int main(int argc, char** argv) {
         dl.val_rng = ckpt.state.val_rng;
         sample_rng = ckpt.state.sample_rng;
         ckpt = Checkpoint{};  // the host copies are no longer needed
-        // Records after the checkpoint's step will be logged again by this run.
-        if (!truncate_metrics(metrics_path, start_step, error)) runtime_failure(error);
+        // Records and samples after the checkpoint's step will be written again by this run.
+        if (!truncate_metrics(metrics_path, start_step, error) || !truncate_samples(samples_path, start_step, error))
+            runtime_failure(error);
         printf("resume | from %s at step %lld\n", cfg.resume.c_str(), start_step);
     }
     printf("run    | %s\n", out.c_str());
+    const bool fresh_metrics = !path_exists(metrics_path);
     MetricsLog metrics;
     if (!metrics.open(metrics_path, error)) runtime_failure(error);
+    if (fresh_metrics) {  // the run's sizes, once, as step 0
+        JsonObject head;
+        head.integer("step", 0).integer("params_total", (long long)total_params)
+            .integer("params_active", (long long)active_params)
+            .num("params_ratio", std::round(1e4 * (double)total_params / (double)active_params) / 1e4);
+        if (mc.moe()) head.flts("capacity", std::vector<int>(mc.layers, capacity));
+        metrics.write(head);
+    }
+    std::vector<MoeStatsBuffer> moe_stats;  // one per MoE layer, filled on the device at log steps
+    if (mc.moe())
+        for (int l = 0; l < mc.layers; l++) moe_stats.push_back(moe_stats_alloc(mc.experts));
 
     // ---- 6. training
     const int B = cfg.batch, T = cfg.block_size;
@@ -414,8 +431,24 @@ int main(int argc, char** argv) {
             const double eta = (t - run_start) / (double)(done - start_step) * (double)(cfg.steps - done);
             printf("step %*lld/%d | loss %.4f", (int)std::to_string(cfg.steps).size(), done, cfg.steps, last.total);
             if (mc.moe()) printf(" (ce %.4f)", last.ce);
-            printf(" | lr %.2e | norm %.3f | %.1f ms/step | %.0f tok/s | eta %s\n", lr, grad_norm, ms, tokens_per_s,
+            printf(" | lr %.2e | norm %.3f | %.1f ms/step | %.0f tok/s | eta %s", lr, grad_norm, ms, tokens_per_s,
                    human_duration(eta).c_str());
+            if (mc.moe()) {  // the routing of this step, every layer (after the timing: it is not training work)
+                std::string layers = "[";
+                double drop = 0, entropy = 0, imbalance = 0;
+                for (int l = 0; l < mc.layers; l++) {
+                    moe_stats_compute(moe_stats[l], m.blocks[l].moe, m.g.blocks[l].moe, m.moe_cfg[l], cfg.ep_ranks);
+                    MoeStats st = moe_stats_read(moe_stats[l], m.moe_cfg[l], cfg.ep_ranks);
+                    if (l) layers += ',';
+                    layers += moe_stats_json(st);
+                    drop += st.drop_rate / mc.layers;
+                    entropy += st.router_entropy / mc.layers;
+                    imbalance = std::max(imbalance, st.load_imbalance);
+                }
+                record.raw("moe", layers + "]");
+                printf(" | drop %.1f%% | H %.2f | imb %.2f", 100 * drop, entropy, imbalance);
+            }
+            printf("\n");
             window_start = now_seconds();
             excluded = 0;
             window_steps = 0;
@@ -439,6 +472,7 @@ int main(int argc, char** argv) {
     if (end_step < cfg.steps) {  // --stop-at: as if interrupted right after a checkpoint
         printf("stop   | at step %lld of %d (--stop-at); continue with --resume %s/model.safetensors\n", end_step,
                cfg.steps, out.c_str());
+        for (auto& b : moe_stats) moe_stats_free(b);
         model_free(m);
         return 0;
     }
@@ -459,6 +493,7 @@ int main(int argc, char** argv) {
     if (!write_text_atomic(out + "/summary.json", summary.str() + "\n", error)) runtime_failure(error);
     printf("done   | %lld steps in %s, final val loss %.4f, run directory %s\n", trained, human_duration(wall).c_str(),
            last_val, out.c_str());
+    for (auto& b : moe_stats) moe_stats_free(b);
     model_free(m);
     return 0;
 }

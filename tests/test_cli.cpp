@@ -161,6 +161,26 @@ protected:
 std::string Cli::bin, Cli::dir, Cli::good, Cli::other, Cli::empty, Cli::short_text;
 std::map<std::string, std::string> Cli::prev_files;
 
+// A parsed JSON value back as text, numbers exactly as written.
+std::string to_text(const json::Value& v) {
+    switch (v.type) {
+        case json::Value::Type::Number: return v.text;
+        case json::Value::Type::String: return json::quote(v.text);
+        case json::Value::Type::Array: {
+            std::string s = "[";
+            for (const auto& x : v.array) s += to_text(x) + ",";
+            return s + "]";
+        }
+        case json::Value::Type::Object: {
+            std::string s = "{";
+            for (const auto& [k, x] : v.object) s += k + ":" + to_text(x) + ",";
+            return s + "}";
+        }
+        case json::Value::Type::Bool: return v.boolean ? "true" : "false";
+        default: return "null";
+    }
+}
+
 // The records of metrics.jsonl without the timing fields, which differ run to run.
 std::vector<std::string> losses_of(const std::string& metrics_path) {
     std::vector<std::string> records;
@@ -172,7 +192,7 @@ std::vector<std::string> losses_of(const std::string& metrics_path) {
         EXPECT_TRUE(json::parse(line, v, err)) << line;
         std::string r;
         for (const auto& [k, x] : v.object)
-            if (k != "ms_per_step" && k != "tokens_per_s") r += k + "=" + (x.is_number() ? x.text : "?") + " ";
+            if (k != "ms_per_step" && k != "tokens_per_s") r += k + "=" + to_text(x) + " ";
         records.push_back(r);
     }
     return records;
@@ -193,6 +213,10 @@ TEST_F(Cli, EarlierRunWroteEveryFile) {
     ASSERT_FALSE(records.empty());
     EXPECT_NE(records.back().find("step=3 "), std::string::npos);
     EXPECT_NE(records.back().find("val_loss="), std::string::npos);
+    EXPECT_NE(records.back().find("moe=[{tokens_routed:["), std::string::npos) << records.back();
+    EXPECT_NE(records.back().find("drop_rate:"), std::string::npos);
+    EXPECT_NE(records.front().find("step=0 params_total="), std::string::npos) << records.front();
+    EXPECT_NE(records.front().find("capacity=[10,]"), std::string::npos) << records.front();  // ceil(1.25*16*2/4)
     safetensors::File model;
     ASSERT_TRUE(safetensors::read(dir + "/prev/model.safetensors", model, err)) << err;
     EXPECT_EQ(*model.meta("dim"), "16");
@@ -299,7 +323,9 @@ TEST_F(Cli, SameSeedSameLossesAndResumeContinuesExactly) {
     ASSERT_EQ(ra.status, 0) << ra.err;
     ASSERT_EQ(rb.status, 0) << rb.err;
     std::vector<std::string> la = losses_of(a + "/metrics.jsonl");
-    ASSERT_EQ(la.size(), 12u);
+    ASSERT_EQ(la.size(), 13u);  // step 0 (sizes), then steps 1..12
+    EXPECT_NE(la[0].find("params_total="), std::string::npos) << la[0];
+    EXPECT_NE(la[12].find("step=12 "), std::string::npos) << la[12];
     EXPECT_EQ(la, losses_of(b + "/metrics.jsonl"));
     EXPECT_EQ(read_file(a + "/model.safetensors"), read_file(b + "/model.safetensors"));
     EXPECT_EQ(read_file(a + "/samples.txt"), read_file(b + "/samples.txt"));
@@ -308,7 +334,7 @@ TEST_F(Cli, SameSeedSameLossesAndResumeContinuesExactly) {
     Result rc = run(args(c, {"--stop-at", "6"}));
     ASSERT_EQ(rc.status, 0) << rc.err;
     EXPECT_FALSE(path_exists(c + "/summary.json"));
-    EXPECT_EQ(losses_of(c + "/metrics.jsonl").size(), 6u);
+    EXPECT_EQ(losses_of(c + "/metrics.jsonl").size(), 7u);
     Result rr = run({"--resume", c + "/model.safetensors"});  // everything else comes from the checkpoint
     ASSERT_EQ(rr.status, 0) << rr.err;
     EXPECT_NE(rr.out.find("from " + c + "/model.safetensors at step 6"), std::string::npos) << rr.out;

@@ -797,6 +797,15 @@ TEST(RunFiles, JsonLinesAreValidJson) {
     EXPECT_EQ(read_bytes(dir / "m2"), "{\"step\":1}\n{\"step\":4}\n{\"note\":1}\n");
     EXPECT_TRUE(truncate_metrics(dir / "absent", 4, err));
     EXPECT_FALSE(path_exists(dir / "absent"));
+
+    for (int s : {2, 4, 6}) ASSERT_TRUE(append_sample(dir / "samples.txt", s, "text of step " + std::to_string(s), err));
+    std::string all = read_bytes(dir / "samples.txt");
+    EXPECT_EQ(all, "--- step 2 ---\ntext of step 2\n\n--- step 4 ---\ntext of step 4\n\n--- step 6 ---\ntext of step 6\n\n");
+    ASSERT_TRUE(truncate_samples(dir / "samples.txt", 6, err));
+    EXPECT_EQ(read_bytes(dir / "samples.txt"), all);
+    ASSERT_TRUE(truncate_samples(dir / "samples.txt", 5, err));
+    EXPECT_EQ(read_bytes(dir / "samples.txt"), all.substr(0, all.find("--- step 6")));
+    EXPECT_TRUE(truncate_samples(dir / "absent", 4, err));
 }
 
 TEST(RunFiles, RunDirectoryChecks) {
