@@ -140,6 +140,7 @@ struct Model {
     int* targets = nullptr;                 // (B, T)
     std::vector<MoeConfig> moe_cfg;         // per block, for the current (B, T)
     curandGenerator_t noise_rng = nullptr;
+    unsigned long long noise_position = ~0ull;  // where noise_rng's sequence stands (re-seeking is slow)
     uint64_t seed = 0;
     // the (B, T, training) of the last forward pass
     int cur_B = 0, cur_T = 0;
@@ -423,8 +424,12 @@ inline void model_forward(Model& m, const int* inputs_host, const int* targets_h
             if (noisy) {  // eps ~ N(0, 1), a fresh draw per (step, layer), reproducible on resume
                 size_t count = (size_t)N * c.experts;
                 count += count % 2;  // cuRAND's normal generator wants an even count
-                CURAND_CHECK(curandSetGeneratorOffset(m.noise_rng, (unsigned long long)((step * L + l) * count)));
+                const unsigned long long offset = (unsigned long long)(step * L + l) * count;
+                // Seek only when the sequence is not already there (after a resume, or an odd step
+                // order): re-seeking re-initialises cuRAND's host generator, which costs milliseconds.
+                if (offset != m.noise_position) CURAND_CHECK(curandSetGeneratorOffset(m.noise_rng, offset));
                 CURAND_CHECK(curandGenerateNormal(m.noise_rng, a.moe.noise_eps, count, 0.0f, 1.0f));
+                m.noise_position = offset + count;
             }
             moe_forward(a.ffn_out, a.moe, w.moe, a.ln2, mc, noisy);
         }
