@@ -43,7 +43,7 @@ TEST_SRCS := $(wildcard tests/test_*.cpp)
 CPU_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/cpu/tests/%.o,$(TEST_SRCS))
 ASAN_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/asan/tests/%.o,$(TEST_SRCS))
 
-.PHONY: all deps test test-cpu test-asan nvcc-check train data bench clean help
+.PHONY: all deps test test-cpu test-asan nvcc-check train data bench bench-simt bench-kernels bench-moe clean help
 all: train_moe_cpu
 
 help:
@@ -134,6 +134,21 @@ bench-simt: $(BUILD)/cpu/bench_simt
 # tiny Shakespeare: copied from ../shared/data/ when present, else downloaded; sha256-checked
 data:
 	@bash data/get_data.sh
+
+# data, then the binary that fits this machine (GPU if nvidia-smi sees one and nvcc is here), then a
+# default run; extra trainer flags go in ARGS, e.g.  make train ARGS="--experts 0"
+train: deps data
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && [ -n "$(NVCC)" ]; then \
+	  $(MAKE) --no-print-directory train_moe && ./train_moe $(ARGS); \
+	else \
+	  echo "no GPU found: training on the CPU through the SIMT layer"; \
+	  $(MAKE) --no-print-directory -j2 train_moe_cpu && ./train_moe_cpu $(ARGS); fi
+
+# speed tables: the SIMT layer, every kernel, the MoE stages, and whole training steps
+bench: deps data
+	@$(MAKE) --no-print-directory -j2 $(BUILD)/cpu/bench_simt $(BUILD)/cpu/bench_kernels $(BUILD)/cpu/bench_moe train_moe_cpu
+	@$(MAKE) --no-print-directory bench-simt bench-kernels bench-moe
+	@bash bench/bench_train.sh
 
 # The stages run one after another (each builds with -j2) so the output reads in order.
 test: deps
