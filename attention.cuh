@@ -85,7 +85,7 @@ __global__ void attention_softmax_backward_kernel(float* datt,       // (B*NH,T,
     for (int j = lane; j < len; j += lanes) d[j] = j <= t ? scale * a[j] * (d[j] - dot) : 0.0f;
 }
 
-// Threads per softmax row: ~16 columns per lane, at least 8 (a 32-byte sector per group load), at most a warp.
+// Threads per softmax row: ~32 columns of T per lane, 4 to 32 (see layernorm.cuh).
 inline int attention_row_lanes(int T) { return T > 512 ? 32 : T > 256 ? 16 : T > 128 ? 8 : 4; }
 
 // Floats of scratch attention_backward needs: datt (B,NH,T,T). (The gradients of q, k, v are

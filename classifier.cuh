@@ -8,8 +8,8 @@
 // per row n, with m = max_j logits[n,j] and S = sum_j exp(logits[n,j] - m):
 //   losses[n] = log S + m - logits[n, target]
 //   dlogits[n,j] = (exp(logits[n,j] - m) / S - [j == target]) * dloss
-// A group of `lanes` consecutive threads per row (8, 16 or 32, ~16 columns per lane): lanes stride
-// over V (coalesced), butterfly shuffles inside the group for max and sum (see layernorm.cuh).
+// A group of `lanes` consecutive threads per row (4 to 32, ~32 columns per lane): lanes stride over
+// V (coalesced), butterfly shuffles inside the group for max and sum (see layernorm.cuh).
 // Groups past the last row load and store nothing but still take part in the shuffles.
 __global__ void crossentropy_forward_backward_kernel(float* losses,          // (N)
                                                      float* dlogits,         // (N,V) or nullptr
@@ -59,7 +59,7 @@ inline void crossentropy_forward_backward(float* losses,        // (N)
                                           const int* targets,   // (N)
                                           int N, int V, float dloss /* = 1/N */) {
     if (N <= 0) return;
-    const int lanes = V > 512 ? 32 : V > 256 ? 16 : V > 128 ? 8 : 4;  // ~16 columns per lane, 8 to 32 lanes per row
+    const int lanes = V > 512 ? 32 : V > 256 ? 16 : V > 128 ? 8 : 4;  // ~32 columns per lane
     LAUNCH(crossentropy_forward_backward_kernel, ceil_div((long)N * lanes, 128), 128, 0, 0,
            losses, dlogits, logits, targets, N, V, dloss, lanes);
     CUDA_CHECK_LAUNCH();

@@ -6,20 +6,21 @@
 #include "common.cuh"
 
 // out[b,t,c] = wte[idx[b,t], c] + wpe[t, c]
-// Block b owns the tile [b*32*blockDim, (b+1)*32*blockDim) of the B*T*C outputs and its threads
-// step through it with stride blockDim (coalesced on a GPU, cache-resident on the CPU layer).
+// A block handles a run of 32 token rows; its threads stride over the C channels of each row
+// (coalesced), so there is no integer division per element.
 __global__ void encoder_forward_kernel(float* out,        // (B,T,C)
                                        const int* idx,    // (B,T)
                                        const float* wte,  // (V,C)
                                        const float* wpe,  // (maxT,C)
                                        int B, int T, int C) {
-    const long n = (long)B * T * C;
-    const long tile = 32L * blockDim.x, begin = tile * blockIdx.x, end = begin + tile < n ? begin + tile : n;
-    for (long i = begin + threadIdx.x; i < end; i += blockDim.x) {
-        const long bt = i / C;
-        const int c = (int)(i % C);
-        const int t = (int)(bt % T);
-        out[i] = wte[(long)idx[bt] * C + c] + wpe[(long)t * C + c];
+    const int row_begin = blockIdx.x * 32, row_end = min(B * T, row_begin + 32);
+    int t = row_begin % T;
+    for (int bt = row_begin; bt < row_end; bt++) {
+        const float* wte_row = wte + (long)idx[bt] * C;
+        const float* wpe_row = wpe + (long)t * C;
+        float* out_row = out + (long)bt * C;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) out_row[c] = wte_row[c] + wpe_row[c];
+        if (++t == T) t = 0;
     }
 }
 
@@ -69,9 +70,8 @@ inline void encoder_forward(float* out,        // (B,T,C)
                             const float* wte,  // (V,C)
                             const float* wpe,  // (maxT,C)
                             int B, int T, int C) {
-    const long n = (long)B * T * C;
-    if (n <= 0) return;
-    LAUNCH(encoder_forward_kernel, ceil_div(n, 32L * 128), 128, 0, 0, out, idx, wte, wpe, B, T, C);
+    if ((long)B * T * C <= 0) return;
+    LAUNCH(encoder_forward_kernel, ceil_div((long)B * T, 32), 128, 0, 0, out, idx, wte, wpe, B, T, C);
     CUDA_CHECK_LAUNCH();
 }
 

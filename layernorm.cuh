@@ -1,13 +1,13 @@
 // layernorm.cuh: LayerNorm over the last dimension C (MODEL_SPEC: biased variance, eps = 1e-5,
 // weight and bias), forward and backward.
 //
-// Both row kernels give each row a group of `lanes` consecutive threads (8, 16 or 32: a power of
-// two dividing the warp, chosen so each lane handles ~16 columns). The lanes stride over C (a
-// group of 8 reads one whole 32-byte sector per step: coalesced), and the row statistics come from
-// butterfly __shfl_xor_sync reductions inside the group, after which every lane holds the same
-// bits. Groups past the last row load and store nothing but still take part in the shuffles.
-// Short groups matter on the CPU layer, where a shuffle costs ~50 ns per lane: a whole warp on a
-// 128-wide row would spend 4x more time exchanging values than reading them.
+// Both row kernels give each row a group of `lanes` consecutive threads (4, 8, 16 or 32: a power of
+// two dividing the warp, chosen so each lane handles ~32 columns; a full warp from C = 513 up).
+// The lanes stride over C (each step a group reads 4*lanes contiguous bytes: coalesced), and the
+// row statistics come from butterfly __shfl_xor_sync reductions inside the group, after which
+// every lane holds the same bits. Groups past the last row load and store nothing but still take
+// part in the shuffles. Short groups matter on the CPU layer, where a shuffle costs ~50 ns per
+// lane: a whole warp on a 128-wide row spends ~8x longer exchanging values than reading them.
 // Parameter gradients are column sums over the N rows, done by a separate deterministic kernel.
 #pragma once
 #include "common.cuh"
@@ -123,7 +123,7 @@ __global__ void layernorm_backward_params_kernel(float* dweight,      // (C) +=
     }
 }
 
-// Threads per row: ~16 columns per lane, at least 8 (a 32-byte sector per group load), at most a warp.
+// Threads per row: ~32 columns per lane, 4 to 32 (a full warp for C > 512).
 inline int layernorm_row_lanes(int C) { return C > 512 ? 32 : C > 256 ? 16 : C > 128 ? 8 : 4; }
 
 inline void layernorm_forward(float* out,           // (N,C)
