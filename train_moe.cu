@@ -333,7 +333,11 @@ int main(int argc, char** argv) {
     const std::string resume_dir = resuming ? dir_of(cfg.resume) : "";
     std::string out = cfg.out;
     if (out.empty()) out = resuming ? resume_dir : default_run_dir();
-    if (cfg.dump_state.empty() && !check_run_dir(out, resume_dir, error)) bad_input(error);
+    if (cfg.dump_state.empty()) {
+        if (!check_run_dir(out, resume_dir, error)) bad_input(error);
+        // The first write of the run; a directory that cannot be made is still bad input (--out).
+        if (!make_dirs(out, error)) bad_input("--out " + error);
+    }
 
     // ---- 5. everything checked: report, build, write
     printf("moe.cu | backend %s\n", backend.description.c_str());
@@ -357,7 +361,6 @@ int main(int argc, char** argv) {
         model_free(m);
         return 0;
     }
-    if (!make_dirs(out, error)) bad_input("--out " + error);
     const std::string metrics_path = out + "/metrics.jsonl", samples_path = out + "/samples.txt";
     DataLoader dl;
     dl.init(data, cfg.batch, cfg.block_size, (uint64_t)cfg.seed);

@@ -258,6 +258,7 @@ TEST_F(Cli, BadDataIsRejected) {
 TEST_F(Cli, ExistingRunDirectoryIsNotOverwritten) {
     expect_rejected(tiny({"--out", dir + "/prev"}), "already holds a run");
     expect_rejected(tiny({"--out", dir + "/prev/metrics.jsonl"}), "is not a directory");
+    expect_rejected(tiny({"--out", dir + "/prev/metrics.jsonl/sub"}), "--out cannot create directory");
     expect_rejected(tiny({"--out", dir + "/prev", "--dump-state", dir + "/nodir/dump.safetensors"}), "does not exist");
 }
 

@@ -294,12 +294,12 @@ TEST(Safetensors, KilledWriterNeverLeavesATornFile) {
     safetensors::File old_file = sample_file();
     ASSERT_TRUE(safetensors::write(path, old_file, err)) << err;
     std::vector<float> big(4 << 20, 0.5f);  // 16 MB: a write takes long enough to be interrupted
+    safetensors::File f;  // built before the fork: the child only writes
+    f.add_f32("big", {(int64_t)big.size()}, big.data());
     for (int trial = 0; trial < 4; trial++) {
         pid_t pid = fork();
         ASSERT_GE(pid, 0);
         if (pid == 0) {
-            safetensors::File f;
-            f.add_f32("big", {(int64_t)big.size()}, big.data());
             std::string e;
             for (int i = 0;; i++) {
                 f.metadata["i"] = std::to_string(i);
