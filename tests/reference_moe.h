@@ -94,6 +94,29 @@ void ref_moe_linear(T* out, const T* inp, const T* w, const T* b, int M, int IC,
         }
 }
 
+// dinp (M,IC) = dout W (overwritten, if given); dW (OC,IC) += dout^T inp; db (OC) += column sums of dout (if given)
+template <typename T>
+void ref_moe_linear_backward(T* dinp, T* dw, T* db, const T* dout, const T* inp, const T* w, int M, int IC, int OC) {
+    for (int m = 0; m < M && dinp; m++)
+        for (int i = 0; i < IC; i++) {
+            double acc = 0.0;
+            for (int o = 0; o < OC; o++) acc += (double)dout[(long)m * OC + o] * w[(long)o * IC + i];
+            dinp[(long)m * IC + i] = (T)acc;
+        }
+    for (int o = 0; o < OC; o++) {
+        for (int i = 0; i < IC; i++) {
+            double acc = 0.0;
+            for (int m = 0; m < M; m++) acc += (double)dout[(long)m * OC + o] * inp[(long)m * IC + i];
+            dw[(long)o * IC + i] += (T)acc;
+        }
+        if (db) {
+            double acc = 0.0;
+            for (int m = 0; m < M; m++) acc += dout[(long)m * OC + o];
+            db[o] += (T)acc;
+        }
+    }
+}
+
 // ---------------------------------------------------------------- forward stages
 
 // h = r (+ eps softplus(nl)); p = softmax(h); top-K of p (ties: lower index); gates; lse of r

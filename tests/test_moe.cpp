@@ -489,6 +489,76 @@ TEST_F(MoeTest, BackwardStagesMatchReference) {
     }
 }
 
+// the expert and shared FFN backward (batched GEMMs, GELU slope, bias sums) and the router GEMMs'
+// backward, each against plain linear-layer backward passes over the same buffers
+TEST_F(MoeTest, FfnAndRouterGemmBackwardMatchReference) {
+    MoeFixture fx(37, 24, 4, 2, 40, 2, 20, 1.25, true, 41);
+    fx.forward(true);
+    const MoeConfig& c = fx.cfg;
+    const int R = c.buffer_rows, E = c.E, S = c.S, N = c.N, C = c.C, F = c.F, Fs = c.Fs;
+    auto slot_choice = download(fx.acts.slot_choice, (size_t)E * R);
+    ASSERT_NE(std::count(slot_choice.begin(), slot_choice.end(), -1), 0) << "want empty buffer rows";
+    // a known dy, zero on empty rows (as combine backward leaves it)
+    std::mt19937 rng(6);
+    std::vector<float> dy((size_t)E * R * C);
+    fill_uniform(dy, rng, -1.0f, 1.0f);
+    for (int row = 0; row < E * R; row++)
+        if (slot_choice[row] < 0) std::fill(dy.begin() + (size_t)row * C, dy.begin() + (size_t)(row + 1) * C, 0.0f);
+    upload(fx.acts.d_expert_out, dy);
+    moe_experts_backward(fx.acts, fx.dg, fx.dw, c);
+    moe_shared_backward(fx.acts, fx.dg, fx.d_dout, fx.dw, fx.d_u, c);
+    std::vector<float> dr(fx.NE()), dnl(fx.NE());
+    fill_uniform(dr, rng, -1.0f, 1.0f);
+    fill_uniform(dnl, rng, -1.0f, 1.0f);
+    upload(fx.acts.d_router_logits, dr);
+    upload(fx.acts.d_noise_logits, dnl);
+    std::vector<float> du0(fx.NC());
+    fill_uniform(du0, rng, -1.0f, 1.0f);
+    upload(fx.d_du, du0);
+    moe_router_logits_backward(fx.d_du, fx.dg, fx.acts, fx.dw, fx.d_u, c, true);
+
+    RefMoeParams<float> want(c);
+    auto xin = download(fx.acts.expert_in, (size_t)E * R * C);
+    auto act = download(fx.acts.expert_act, (size_t)E * R * F);
+    auto slope = download(fx.acts.expert_fc, (size_t)E * R * F);
+    std::vector<float> dx((size_t)E * R * C), dh((size_t)R * F);
+    for (int e = 0; e < E; e++) {
+        const size_t oC = (size_t)e * R * C, oF = (size_t)e * R * F;
+        ref_moe_linear_backward(dh.data(), &want.proj_w[(size_t)e * C * F], &want.proj_b[(size_t)e * C], &dy[oC],
+                                &act[oF], &fx.w.proj_w[(size_t)e * C * F], R, F, C);
+        for (size_t i = 0; i < dh.size(); i++) dh[i] *= slope[oF + i];
+        ref_moe_linear_backward(&dx[oC], &want.fc_w[(size_t)e * F * C], &want.fc_b[(size_t)e * F], dh.data(), &xin[oC],
+                                &fx.w.fc_w[(size_t)e * F * C], R, C, F);
+    }
+    auto sact = download(fx.acts.shared_act, (size_t)S * N * Fs);
+    auto sslope = download(fx.acts.shared_fc, (size_t)S * N * Fs);
+    std::vector<float> dxs((size_t)S * N * C), dhs((size_t)N * Fs);
+    for (int s = 0; s < S; s++) {
+        const size_t oF = (size_t)s * N * Fs;
+        ref_moe_linear_backward(dhs.data(), &want.shared_proj_w[(size_t)s * C * Fs], &want.shared_proj_b[(size_t)s * C],
+                                fx.dout.data(), &sact[oF], &fx.w.shared_proj_w[(size_t)s * C * Fs], N, Fs, C);
+        for (size_t i = 0; i < dhs.size(); i++) dhs[i] *= sslope[oF + i];
+        ref_moe_linear_backward(&dxs[(size_t)s * N * C], &want.shared_fc_w[(size_t)s * Fs * C],
+                                &want.shared_fc_b[(size_t)s * Fs], dhs.data(), fx.u.data(),
+                                &fx.w.shared_fc_w[(size_t)s * Fs * C], N, C, Fs);
+    }
+    std::vector<float> du(fx.NC()), du_noise(fx.NC());
+    ref_moe_linear_backward(du.data(), want.router.data(), (float*)nullptr, dr.data(), fx.u.data(), fx.w.router.data(), N,
+                            C, E);
+    ref_moe_linear_backward(du_noise.data(), want.noise.data(), (float*)nullptr, dnl.data(), fx.u.data(),
+                            fx.w.noise.data(), N, C, E);
+    for (size_t i = 0; i < du.size(); i++) du[i] += du0[i] + du_noise[i];
+
+    EXPECT_TRUE(all_close(download(fx.acts.d_expert_in, dx.size()), dx, 1e-4)) << "dx";
+    EXPECT_TRUE(all_close(download(fx.acts.d_shared_in, dxs.size()), dxs, 1e-4)) << "dxs";
+    EXPECT_TRUE(all_close(download(fx.d_du, du.size()), du, 1e-4)) << "du";
+    RefMoeParams<float> got = fx.download_grads();
+    std::vector<std::vector<float>*> g;
+    got.for_each([&](const char*, std::vector<float>& v) { g.push_back(&v); });
+    int k = 0;
+    want.for_each([&](const char* name, std::vector<float>& v) { EXPECT_TRUE(all_close(*g[k++], v, 1e-4)) << name; });
+}
+
 // ---------------------------------------------------------------- the whole layer
 
 void check_layer_against_reference(MoeFixture& fx, bool training, float aux_coef, float z_coef) {
