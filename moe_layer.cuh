@@ -526,7 +526,16 @@ __global__ void moe_aux_z_kernel(float* aux,            // (1)
 // ----------------------------------------------------------------------------------------------
 // stage launchers (the forward)
 
+// The thread-per-token router kernels hold E values per thread: refuse more than MOE_MAX_EXPERTS.
+inline void moe_check_experts(const MoeConfig& cfg) {
+    if (cfg.E < 1 || cfg.E > MOE_MAX_EXPERTS || cfg.K < 1 || cfg.K > cfg.E) {
+        fprintf(stderr, "[MoE] E=%d, K=%d: need 1 <= K <= E <= %d\n", cfg.E, cfg.K, MOE_MAX_EXPERTS);
+        exit(EXIT_FAILURE);
+    }
+}
+
 inline void moe_route(MoeActivations& acts, const MoeConfig& cfg, bool noise_active) {
+    moe_check_experts(cfg);
     LAUNCH(moe_route_kernel, ceil_div(cfg.N, MOE_TOKEN_BLOCK), MOE_TOKEN_BLOCK, 0, 0, acts.probs, acts.gates,
            acts.topk_idx, acts.router_lse, acts.router_logits, acts.noise_logits, acts.noise_eps, cfg.N, cfg.E, cfg.K,
            noise_active ? 1 : 0);
@@ -811,6 +820,7 @@ inline void moe_shared_backward(MoeActivations& acts, const MoeWeights& grads, c
 
 inline void moe_router_backward(MoeActivations& acts, const float* dout, const MoeWeights& w, const MoeConfig& cfg,
                                 float aux_coef, float z_coef, bool noise_active) {
+    moe_check_experts(cfg);
     LAUNCH(moe_router_backward_kernel, ceil_div(cfg.N, MOE_TOKEN_BLOCK), MOE_TOKEN_BLOCK, 0, 0, acts.d_router_logits,
            acts.d_noise_logits, acts.d_gates, dout, acts.expert_out, w.proj_b, acts.probs, acts.gates, acts.topk_idx,
            acts.kept, acts.slot, acts.router_logits, acts.router_lse, acts.noise_logits, acts.noise_eps,

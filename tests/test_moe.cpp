@@ -225,9 +225,12 @@ TEST(MoeConfigTest, CapacityFormula) {
 }
 
 TEST(MoeConfigDeathTest, MoreThan64ExpertsIsAnError) {
+    GTEST_FLAG_SET(death_test_style, "threadsafe");  // the layer's worker threads may exist already
     MoeConfig c{};
     c.N = 8, c.C = 8, c.E = 65, c.K = 2, c.F = 8;
     EXPECT_EXIT(moe_config_finalize(c), ::testing::ExitedWithCode(EXIT_FAILURE), "at most 64");
+    MoeActivations a{};  // and the router launcher refuses a config that skipped the check
+    EXPECT_EXIT(moe_route(a, c, false), ::testing::ExitedWithCode(EXIT_FAILURE), "E <= 64");
 }
 
 TEST(MoeConfigTest, ActivationViewsAreDisjointAndGrowWithN) {
