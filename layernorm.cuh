@@ -85,9 +85,9 @@ __global__ void layernorm_backward_dinp_kernel(float* dinp,          // (N,C) +=
 }
 
 // dweight_c += sum_n dout[n,c] * norm[n,c],  dbias_c += sum_n dout[n,c]
-// Block = 32 channels x 8 row groups (256 threads): thread (g, lane) sums rows g, g+8, ... of its
-// channel in order (a warp reads 32 consecutive floats per row), then the 8 partials are added in
-// group order. Deterministic, no atomics.
+// Block = 32 channels x G row groups: thread (g, lane) sums rows g, g+G, ... of its channel in
+// order (a warp reads 32 consecutive floats per row), then the G partials are added in group
+// order. G depends on N only (~64 rows per thread, 1..32), so the result is deterministic.
 __global__ void layernorm_backward_params_kernel(float* dweight,      // (C) +=
                                                  float* dbias,        // (C) +=
                                                  const float* dout,   // (N,C)
@@ -154,7 +154,7 @@ inline void layernorm_backward(float* dinp,          // (N,C) +=, accumulates (r
     LAUNCH(layernorm_backward_dinp_kernel, ceil_div((long)N * lanes, block), block, 0, 0,
            dinp, dout, inp, weight, mean, rstd, N, C, lanes);
     CUDA_CHECK_LAUNCH();
-    const int groups = 8;
+    const int groups = N / 64 < 1 ? 1 : N / 64 > 32 ? 32 : N / 64;  // ~64 rows per thread
     LAUNCH(layernorm_backward_params_kernel, ceil_div(C, 32), groups * 32, 2 * groups * 32 * sizeof(float), 0,
            dweight, dbias, dout, inp, mean, rstd, N, C);
     CUDA_CHECK_LAUNCH();

@@ -21,9 +21,9 @@ __global__ void add_bias_kernel(float* out,         // (N,OC)
 }
 
 // dbias[o] += sum_n dout[n,o]
-// Block = 32 columns x 8 row groups (256 threads): thread (g, lane) sums rows g, g+8, ... of its
-// column in order (a warp reads 32 consecutive floats per row), then the 8 partials are added in
-// group order. Deterministic, no atomics.
+// Block = 32 columns x G row groups: thread (g, lane) sums rows g, g+G, ... of its column in order
+// (a warp reads 32 consecutive floats per row), then the G partials are added in group order.
+// G depends on N only (~64 rows per thread, 1..32), so the result is deterministic; no atomics.
 __global__ void bias_backward_kernel(float* dbias,        // (OC) +=
                                      const float* dout,   // (N,OC)
                                      int N, int OC) {
@@ -50,7 +50,7 @@ inline void bias_backward(float* dbias,       // (OC) +=
                           const float* dout,  // (N,OC)
                           int N, int OC) {
     if (OC <= 0) return;
-    const int groups = 8;
+    const int groups = N / 64 < 1 ? 1 : N / 64 > 32 ? 32 : N / 64;  // ~64 rows per thread
     LAUNCH(bias_backward_kernel, ceil_div(OC, 32), groups * 32, groups * 32 * sizeof(float), 0, dbias, dout, N, OC);
     CUDA_CHECK_LAUNCH();
 }

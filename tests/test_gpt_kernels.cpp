@@ -146,7 +146,7 @@ TEST_F(GptKernels, Encoder) {
 // ---------------------------------------------------------------- layernorm
 TEST_F(GptKernels, LayerNorm) {
     struct Shape { int N, C; };
-    for (Shape s : {Shape{7, 48}, Shape{33, 100}, Shape{64, 128}, Shape{5, 300}, Shape{3, 5}}) {
+    for (Shape s : {Shape{7, 48}, Shape{33, 100}, Shape{64, 128}, Shape{5, 300}, Shape{3, 5}, Shape{700, 48}}) {
         const std::string tag = shape({s.N, s.C});
         std::mt19937 rng(20 + s.C);
         Floats inp = random_floats(s.N * s.C, rng, 2.0f);
@@ -339,9 +339,9 @@ TEST_F(GptKernels, MeanForward) {
 
 // ---------------------------------------------------------------- optimizer
 TEST_F(GptKernels, GlobalNormSquaredAndClip) {
-    // 17M elements needs more than 1024 blocks at 64 per thread: exercises the cap
-    for (long n : {1L, 100L, 12345L, 1000003L, 17000003L}) {
-        Floats x(n);  // a cheap deterministic fill in [-1, 1): 17M normal samples would be slow
+    // odd sizes: tiles of ceil(n / blocks) elements that are not multiples of the block size
+    for (long n : {1L, 100L, 12345L, 1000003L, 3000017L}) {
+        Floats x(n);  // a cheap deterministic fill in [-1, 1)
         for (long i = 0; i < n; i++) x[i] = (float)((i * 2654435761UL) % 2000) / 1000.0f - 1.0f;
         DeviceArray<float> d_x(x), d_out(1), d_scratch(1024), d_scale(1);
         global_norm_squared(d_out.ptr, d_scratch.ptr, d_x.ptr, n);
@@ -412,7 +412,7 @@ TEST_F(GptKernels, CosineLr) {
 // ---------------------------------------------------------------- determinism
 // Every launcher on one mid-size problem; the outputs, concatenated.
 Floats run_every_kernel() {
-    const int B = 2, T = 37, C = 96, NH = 3, V = 65, F = 160, N = B * T;
+    const int B = 4, T = 37, C = 96, NH = 3, V = 65, F = 160, N = B * T;  // N = 148: 2 row groups in the column sums
     std::mt19937 rng(7);
     Floats all;
     auto keep = [&](const DeviceArray<float>& a) {
