@@ -1,13 +1,16 @@
 // bench_kernels.cpp: time of every GPT kernel launcher at the default CPU model shapes
 // (B=12, T=64, C=128, NH=4, V=65, F=512; 4 dense layers for the optimizer's parameter count).
 // Prints one row per launcher: the median over REPS repetitions of the forward and of the
-// backward call, in milliseconds. Worker threads: env SIMT_THREADS (or the first argument).
+// backward call, in milliseconds of wall time, and beside them the median process CPU time (all
+// threads), which is the steadier number on a machine shared with other jobs.
+// Worker threads: env SIMT_THREADS (or the first argument).
 //
 //   make bench-kernels            or   build/cpu/bench_kernels [worker_threads]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <functional>
 #include <random>
 #include <vector>
@@ -44,26 +47,47 @@ int* device_ints(long n, int hi, std::mt19937& rng) {
     return d;
 }
 
-// Median wall time of f() in ms, after one warm-up call.
-double median_ms(const std::function<void()>& f) {
+double cpu_ms() {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+struct Timing {
+    double wall, cpu;  // medians, ms
+};
+
+// Median wall and CPU time of f() in ms, after one warm-up call.
+Timing median_ms(const std::function<void()>& f) {
     f();
     CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<double> t(REPS);
-    for (double& ms : t) {
+    std::vector<double> wall(REPS), cpu(REPS);
+    for (int r = 0; r < REPS; r++) {
         const auto start = std::chrono::steady_clock::now();
+        const double cpu_start = cpu_ms();
         f();
         CUDA_CHECK(cudaDeviceSynchronize());
-        ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+        cpu[r] = cpu_ms() - cpu_start;
+        wall[r] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     }
-    std::sort(t.begin(), t.end());
-    return t[REPS / 2];
+    std::sort(wall.begin(), wall.end());
+    std::sort(cpu.begin(), cpu.end());
+    return {wall[REPS / 2], cpu[REPS / 2]};
 }
 
 void row(const char* name, const char* shape, const std::function<void()>& fwd, const std::function<void()>& bwd) {
-    char f[16] = "-", b[16] = "-";
-    if (fwd) snprintf(f, sizeof f, "%.3f", median_ms(fwd));
-    if (bwd) snprintf(b, sizeof b, "%.3f", median_ms(bwd));
-    printf("%-30s %-22s %10s %10s\n", name, shape, f, b);
+    char f[16] = "-", b[16] = "-", fc[16] = "-", bc[16] = "-";
+    if (fwd) {
+        const Timing t = median_ms(fwd);
+        snprintf(f, sizeof f, "%.3f", t.wall);
+        snprintf(fc, sizeof fc, "%.3f", t.cpu);
+    }
+    if (bwd) {
+        const Timing t = median_ms(bwd);
+        snprintf(b, sizeof b, "%.3f", t.wall);
+        snprintf(bc, sizeof bc, "%.3f", t.cpu);
+    }
+    printf("%-30s %-22s %10s %10s %10s %10s\n", name, shape, f, b, fc, bc);
 }
 
 }  // namespace
@@ -125,9 +149,9 @@ int main(int argc, char** argv) {
     }
 
 #ifndef __CUDACC__
-    printf("%s, median of %d runs (ms)\n", simt::backend_name(), REPS);
+    printf("%s, median of %d runs (ms): wall time, then process CPU time\n", simt::backend_name(), REPS);
 #endif
-    printf("%-30s %-22s %10s %10s\n", "kernel", "shape", "forward", "backward");
+    printf("%-30s %-22s %10s %10s %10s %10s\n", "kernel", "shape", "forward", "backward", "fwd cpu", "bwd cpu");
     char s[64];
     snprintf(s, sizeof s, "B=%d T=%d C=%d V=%d", B, T, C, V);
     row("encoder", s, [&] { encoder_forward(x, idx, wte, wpe, B, T, C); },
