@@ -7,6 +7,8 @@
 //                       name, "vocab", and "step" (optimizer steps completed)
 //   state.safetensors   everything else a resumed run needs, beside the model (see below)
 //   summary.json        written at the end of the run
+//   specialisation.txt  MoE: which characters (and synthetic domains) each expert receives, at the end
+//   *.png               plots of the run at the end (run_report.h; --plots 0 turns them off)
 //
 // state.safetensors: tensors "m.<name>" and "v.<name>" (F32, the AdamW moments of every weight,
 // shaped like it); metadata "format" = "moe.cu-state-1", "step" (must equal the model's),

@@ -27,6 +27,7 @@
 #include "config.h"
 #include "data/dataloader.h"
 #include "run_files.h"
+#include "run_report.h"
 #include "safetensors.h"
 
 static_assert(kMaxExperts == MOE_MAX_EXPERTS, "config.h's expert limit must match moe_layer.cuh");
@@ -388,6 +389,10 @@ int main(int argc, char** argv) {
         if (mc.moe()) head.flts("capacity", std::vector<int>(mc.layers, capacity));
         metrics.write(head);
     }
+    // What the run logged (for the plots and the summary); a run resumed in its own directory
+    // starts from the records before its checkpoint.
+    RunHistory history;
+    if (!fresh_metrics && !history.load_metrics(metrics_path, error)) runtime_failure(error);
     std::vector<MoeStatsBuffer> moe_stats;  // one per MoE layer, filled on the device at log steps
     if (mc.moe())
         for (int l = 0; l < mc.layers; l++) moe_stats.push_back(moe_stats_alloc(mc.experts));
@@ -436,22 +441,21 @@ int main(int argc, char** argv) {
             if (mc.moe()) printf(" (ce %.4f)", last.ce);
             printf(" | lr %.2e | norm %.3f | %.1f ms/step | %.0f tok/s | eta %s", lr, grad_norm, ms, tokens_per_s,
                    human_duration(eta).c_str());
-            if (mc.moe()) {  // the routing of this step, every layer (after the timing: it is not training work)
-                std::string layers = "[";
+            std::vector<MoeStats> stats;  // the routing of this step, every layer (after the timing)
+            if (mc.moe()) {
                 double drop = 0, entropy = 0, imbalance = 0;
                 for (int l = 0; l < mc.layers; l++) {
                     moe_stats_compute(moe_stats[l], m.blocks[l].moe, m.g.blocks[l].moe, m.moe_cfg[l], cfg.ep_ranks);
-                    MoeStats st = moe_stats_read(moe_stats[l], m.moe_cfg[l], cfg.ep_ranks);
-                    if (l) layers += ',';
-                    layers += moe_stats_json(st);
-                    drop += st.drop_rate / mc.layers;
-                    entropy += st.router_entropy / mc.layers;
-                    imbalance = std::max(imbalance, st.load_imbalance);
+                    stats.push_back(moe_stats_read(moe_stats[l], m.moe_cfg[l], cfg.ep_ranks));
+                    drop += stats.back().drop_rate / mc.layers;
+                    entropy += stats.back().router_entropy / mc.layers;
+                    imbalance = std::max(imbalance, stats.back().load_imbalance);
                 }
-                record.raw("moe", layers + "]");
+                record.raw("moe", moe_layers_json(stats));
                 printf(" | drop %.1f%% | H %.2f | imb %.2f", 100 * drop, entropy, imbalance);
             }
             printf("\n");
+            history.log_train(done, last.ce, lr, std::move(stats), last.total, grad_norm, tokens_per_s);
             window_start = now_seconds();
             excluded = 0;
             window_steps = 0;
@@ -461,6 +465,7 @@ int main(int argc, char** argv) {
             last_val = evaluate(m, dl, cfg.eval_batches, vx, vy);
             best_val = std::min(best_val, last_val);
             record.flt("val_loss", last_val);
+            history.log_val(done, last_val);
             printf("step %lld | val loss %.4f\n", done, last_val);
         }
         if (log || eval) metrics.write(record);
@@ -480,7 +485,27 @@ int main(int argc, char** argv) {
         return 0;
     }
 
-    // ---- 7. summary
+    // ---- 7. specialisation, summary, plots
+    std::string specialisation_json;
+    if (mc.moe()) {  // which characters (and synthetic-corpus domains) each expert receives, on the validation windows
+        Specialisation sp(mc.layers, mc.experts, data.vocab, !data.domains.empty(), kSyntheticDomains);
+        std::vector<int64_t> starts(B);
+        std::vector<int> idx, kept;
+        dl.reset_val();
+        for (int i = 0; i < cfg.eval_batches; i++) {
+            dl.next_val(vx.data(), vy.data(), starts.data());
+            model_forward(m, vx.data(), vy.data(), B, T, false, 0);
+            std::vector<int> domains = batch_domains(data.domains, starts.data(), B, T);
+            for (int l = 0; l < mc.layers; l++) {
+                moe_copy_routing(idx, kept, m.blocks[l].moe, m.moe_cfg[l]);
+                sp.add(l, vx.data(), domains.empty() ? nullptr : domains.data(), idx.data(), kept.data(), B * T, mc.top_k);
+            }
+        }
+        const std::string text = sp.text();
+        if (!write_text_atomic(out + "/specialisation.txt", text, error)) runtime_failure(error);
+        fputs(text.c_str(), stdout);
+        specialisation_json = sp.summary_json();
+    }
     const double wall = now_seconds() - run_start;
     const long long trained = cfg.steps - start_step;
     JsonObject summary;
@@ -490,10 +515,16 @@ int main(int argc, char** argv) {
         .integer("params_active", (long long)active_params).integer("vocab_size", (long long)data.vocab.size())
         .num("train_seconds", std::round(train_seconds * 1000) / 1000).num("wall_seconds", std::round(wall * 1000) / 1000)
         .num("tokens_per_s", std::round((double)B * T * trained / std::max(train_seconds, 1e-9)));
+    for (const auto& [k, v] : summary_metrics(history)) summary.num(k, v);
+    if (!specialisation_json.empty()) summary.raw("specialisation", specialisation_json);
     JsonObject config_json;
     for (const auto& [k, v] : config_to_metadata(cfg)) config_json.str(k, v);
     summary.raw("config", config_json.str());
     if (!write_text_atomic(out + "/summary.json", summary.str() + "\n", error)) runtime_failure(error);
+    if (cfg.plots) {  // a plot that cannot be written costs the picture, not the finished run
+        std::string plot_error;
+        if (!write_run_plots(history, out, &plot_error)) fprintf(stderr, "warning: %s\n", plot_error.c_str());
+    }
     printf("done   | %lld steps in %s, final val loss %.4f, run directory %s\n", trained, human_duration(wall).c_str(),
            last_val, out.c_str());
     for (auto& b : moe_stats) moe_stats_free(b);

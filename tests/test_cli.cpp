@@ -201,9 +201,11 @@ std::vector<std::string> losses_of(const std::string& metrics_path) {
 }  // namespace
 
 TEST_F(Cli, EarlierRunWroteEveryFile) {
-    for (const char* f : {"metrics.jsonl", "samples.txt", "model.safetensors", "state.safetensors", "summary.json"})
-        EXPECT_EQ(prev_files.count(f), 1u) << f;
-    EXPECT_EQ(prev_files.size(), 5u);  // no temporaries left behind
+    const char* files[] = {"metrics.jsonl", "samples.txt", "model.safetensors", "state.safetensors", "summary.json",
+                           "specialisation.txt", "loss.png", "expert_load.png", "drop_entropy.png",
+                           "expert_grad_norms.png", "load_histogram.png"};
+    for (const char* f : files) EXPECT_EQ(prev_files.count(f), 1u) << f;
+    EXPECT_EQ(prev_files.size(), std::size(files));  // no temporaries left behind
     json::Value summary;
     std::string err;
     ASSERT_TRUE(json::parse(prev_files.at("summary.json"), summary, err)) << err;
@@ -342,6 +344,7 @@ TEST_F(Cli, SameSeedSameLossesAndResumeContinuesExactly) {
     EXPECT_EQ(losses_of(c + "/metrics.jsonl"), la);
     EXPECT_EQ(read_file(c + "/model.safetensors"), read_file(a + "/model.safetensors"));
     EXPECT_EQ(read_file(c + "/samples.txt"), read_file(a + "/samples.txt"));
+    EXPECT_EQ(read_file(c + "/specialisation.txt"), read_file(a + "/specialisation.txt"));
     EXPECT_TRUE(path_exists(c + "/summary.json"));
 
     // A different seed gives different losses.
@@ -351,14 +354,24 @@ TEST_F(Cli, SameSeedSameLossesAndResumeContinuesExactly) {
 }
 
 TEST_F(Cli, DenseModelTrains) {
-    Result r = run(tiny({"--out", dir + "/dense", "--experts", "0", "--steps", "4"}));
+    Result r = run(tiny({"--out", dir + "/dense", "--experts", "0", "--steps", "4", "--plots", "0"}));
     ASSERT_EQ(r.status, 0) << r.err;
     EXPECT_NE(r.out.find("(dense)"), std::string::npos) << r.out;
+    EXPECT_FALSE(path_exists(dir + "/dense/loss.png"));  // --plots 0
+    EXPECT_FALSE(path_exists(dir + "/dense/specialisation.txt"));  // no experts
     safetensors::File model;
     std::string err;
     ASSERT_TRUE(safetensors::read(dir + "/dense/model.safetensors", model, err)) << err;
     EXPECT_NE(model.find("h.0.mlp.c_fc.weight"), nullptr);
     EXPECT_EQ(model.find("h.0.moe.router.weight"), nullptr);
+}
+
+TEST_F(Cli, SyntheticCorpusReportsDomainsPerExpert) {
+    Result r = run(tiny({"--out", dir + "/synthetic", "--data", "synthetic", "--steps", "2", "--plots", "0"}));
+    ASSERT_EQ(r.status, 0) << r.err;
+    std::string report = read_file(dir + "/synthetic/specialisation.txt");
+    for (const char* domain : {"arithmetic", "brackets", "words", "pattern"}) EXPECT_NE(report.find(domain), std::string::npos) << domain;
+    EXPECT_NE(read_file(dir + "/synthetic/summary.json").find("\"specialisation\""), std::string::npos);
 }
 
 TEST_F(Cli, DumpStateWritesTheSpecTensorsAndNoRun) {
