@@ -130,6 +130,17 @@ $(BUILD)/cpu/bench_simt: bench/bench_simt.cpp $(HEADERS) $(BUILD)/cpu/simt.o
 bench-simt: $(BUILD)/cpu/bench_simt
 	$(BUILD)/cpu/bench_simt
 
+# ---------------------------------------------------------------- ablation study (ablations/README.md)
+# Trains the runs that are missing (resumable), then writes ablations/README.md and its plots.
+# ABLATE_ARGS passes options, e.g. ABLATE_ARGS="--report-only" or "--jobs 1".
+.PHONY: ablate
+$(BUILD)/cpu/ablate: ablations/ablate.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CPU_FLAGS) $< -o $@ -lstb
+
+ablate: data train_moe_cpu $(BUILD)/cpu/ablate
+	$(BUILD)/cpu/ablate $(ABLATE_ARGS)
+
 # ---------------------------------------------------------------- top-level targets
 # tiny Shakespeare: copied from ../shared/data/ when present, else downloaded; sha256-checked
 data:

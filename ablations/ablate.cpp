@@ -1,0 +1,1009 @@
+// ablations/ablate.cpp: the MoE ablation study (`make ablate`).
+//
+// Trains every run of the study with ./train_moe_cpu (one subprocess per run, stdout and stderr
+// into ablations/runs/<name>/train.log), then reads each run's summary.json and metrics.jsonl and
+// writes ablations/README.md (one table, the comparison plots, and sentences generated from the
+// measured numbers) and the plots beside it.
+//
+// Resumable: a run whose summary.json exists is skipped; a run that was interrupted after a
+// checkpoint (model.safetensors but no summary.json) continues with --resume; a run interrupted
+// before its first checkpoint starts again. So an interrupted sweep continues where it stopped.
+// A run directory that holds a run of another configuration is an error (delete it, or use
+// another --runs-dir).
+//
+// Runs share the experiments: e.g. the top-2 baseline is the "aux on, noise on, z-loss on,
+// capacity 1.25, no shared expert" point of every experiment, and "top-2, noise off" is both the
+// aux-on side of the aux experiment and the noise-off side of the noise experiment.
+//
+//   ablate [--steps N] [--jobs J] [--runs-dir DIR] [--out-dir DIR] [--trainer PATH] [--data PATH]
+//          [--only a,b,...] [--report-only] [--dry-run]
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "plot.h"
+#include "run_report.h"
+#include "safetensors.h"
+
+extern char** environ;
+
+namespace {
+
+// ------------------------------------------------------------------------------------------------
+// The study
+
+struct Sweep {
+    std::string trainer = "./train_moe_cpu";
+    std::string data = "data/tinyshakespeare.txt";
+    std::string runs_dir = "ablations/runs";
+    std::string out_dir = "ablations";
+    int layers = 2, heads = 4, dim = 96, block = 64, batch = 16, steps = 2000, warmup = 100, seed = 1337;
+    int experts = 8, expert_hidden = 0;  // 0: 2*dim
+    int eval_every = 100, eval_batches = 16, log_every = 10, checkpoint_every = 250;
+    int jobs = 2;
+    bool report_only = false, dry_run = false;
+    std::set<std::string> only;
+    int F() const { return expert_hidden > 0 ? expert_hidden : 2 * dim; }
+};
+
+struct RunSpec {
+    std::string name;   // directory name
+    std::string label;  // one line for the table
+    std::map<std::string, std::string> flags;  // trajectory flags beyond the common ones
+    double cost = 1;    // relative compute, for scheduling the longest first
+};
+
+// The common flags of every run (model size, optimisation, data, logging) and the MoE defaults.
+std::map<std::string, std::string> common_flags(const Sweep& s) {
+    return {{"data", s.data},
+            {"layers", std::to_string(s.layers)},
+            {"heads", std::to_string(s.heads)},
+            {"dim", std::to_string(s.dim)},
+            {"block-size", std::to_string(s.block)},
+            {"batch", std::to_string(s.batch)},
+            {"steps", std::to_string(s.steps)},
+            {"warmup", std::to_string(s.warmup)},
+            {"seed", std::to_string(s.seed)},
+            {"eval-every", std::to_string(s.eval_every)},
+            {"eval-batches", std::to_string(s.eval_batches)},
+            {"log-every", std::to_string(s.log_every)},
+            {"checkpoint-every", std::to_string(s.checkpoint_every)},
+            {"sample-every", "0"},
+            {"sample-len", "200"},
+            {"experts", std::to_string(s.experts)},
+            {"expert-hidden", std::to_string(s.F())},
+            {"top-k", "2"},
+            {"capacity-factor", "1.25"},
+            {"router-noise", "1"},
+            {"aux-coef", "0.01"},
+            {"z-coef", "0.001"},
+            {"shared-experts", "0"}};
+}
+
+std::vector<RunSpec> study(const Sweep& s) {
+    const int E = s.experts, F = s.F(), K = 2;
+    const std::string moe = "MoE " + std::to_string(E) + "x" + std::to_string(F);
+    std::vector<RunSpec> r;
+    r.push_back({"dense-total", "dense, FFN " + std::to_string(E * F) + " (= E*F: the MoE's total size)",
+                 {{"experts", "0"}, {"ffn-hidden", std::to_string(E * F)}}, 1.7});
+    r.push_back({"top2", moe + " top-2 (baseline: cf 1.25, noise, aux 0.01, z 0.001)", {}, 1.0});
+    r.push_back({"top2-seed2", moe + " top-2, seed " + std::to_string(s.seed + 1) + " (noise reference)",
+                 {{"seed", std::to_string(s.seed + 1)}}, 1.0});
+    r.push_back({"aux-off", moe + " top-2, aux loss off, noise off", {{"aux-coef", "0"}, {"router-noise", "0"}}, 1.0});
+    r.push_back({"noise-off", moe + " top-2, noise off (aux on)", {{"router-noise", "0"}}, 1.0});
+    r.push_back({"z-off", moe + " top-2, z-loss off", {{"z-coef", "0"}}, 1.0});
+    r.push_back({"cf0.5", moe + " top-2, capacity factor 0.5", {{"capacity-factor", "0.5"}}, 0.9});
+    r.push_back({"cf1.0", moe + " top-2, capacity factor 1.0", {{"capacity-factor", "1"}}, 1.0});
+    r.push_back({"cf2.0", moe + " top-2, capacity factor 2.0", {{"capacity-factor", "2"}}, 1.0});
+    r.push_back({"cf-unlimited", moe + " top-2, unlimited capacity", {{"capacity-factor", "0"}}, 1.0});
+    r.push_back({"shared", "1 shared expert (" + std::to_string(F) + ") + " + moe + " top-1",
+                 {{"top-k", "1"}, {"shared-experts", "1"}, {"shared-hidden", std::to_string(F)}}, 1.0});
+    r.push_back({"top1", moe + " top-1", {{"top-k", "1"}}, 0.8});
+    r.push_back({"dense-active", "dense, FFN " + std::to_string(K * F) + " (= K*F: the MoE's active size)",
+                 {{"experts", "0"}, {"ffn-hidden", std::to_string(K * F)}}, 0.7});
+    return r;
+}
+
+struct Experiment {
+    std::string key, title;
+    std::vector<std::string> runs;
+};
+
+std::vector<Experiment> experiments() {
+    return {{"dense_vs_moe", "Dense versus MoE", {"dense-active", "top1", "top2", "dense-total"}},
+            {"aux", "Load-balancing loss off versus on (router noise off in both)", {"aux-off", "noise-off"}},
+            {"capacity", "Capacity factor", {"cf0.5", "cf1.0", "top2", "cf2.0", "cf-unlimited"}},
+            {"shared", "Shared expert versus none, at equal active compute", {"top2", "shared"}},
+            {"noise", "Router noise on versus off", {"top2", "noise-off"}},
+            {"zloss", "Router z-loss on versus off", {"top2", "z-off"}}};
+}
+
+std::map<std::string, std::string> run_flags(const Sweep& s, const RunSpec& r) {
+    std::map<std::string, std::string> f = common_flags(s);
+    for (const auto& [k, v] : r.flags) f[k] = v;
+    if (f["experts"] == "0")  // dense: the MoE flags do not apply (left at the trainer's defaults)
+        for (const char* k : {"expert-hidden", "top-k", "capacity-factor", "router-noise", "aux-coef", "z-coef", "shared-experts"})
+            f.erase(k);
+    return f;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Small helpers
+
+std::string read_file(const std::string& path, bool* ok = nullptr) {
+    FILE* f = fopen(path.c_str(), "rb");
+    if (ok) *ok = f != nullptr;
+    if (!f) return "";
+    std::string s;
+    char buf[1 << 15];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
+    fclose(f);
+    return s;
+}
+
+bool write_file(const std::string& path, const std::string& text) {
+    std::string tmp = path + ".tmp";
+    FILE* f = fopen(tmp.c_str(), "wb");
+    if (!f) return false;
+    bool ok = fwrite(text.data(), 1, text.size(), f) == text.size();
+    ok = fclose(f) == 0 && ok;
+    return ok && rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+bool exists(const std::string& p) {
+    struct stat st;
+    return stat(p.c_str(), &st) == 0;
+}
+
+std::string fmt(const char* f, double v) {
+    char buf[64];
+    snprintf(buf, sizeof buf, f, v);
+    return buf;
+}
+
+std::string human_count(double n) {
+    if (n >= 1e6) return fmt("%.2fM", n / 1e6);
+    if (n >= 1e3) return fmt("%.1fK", n / 1e3);
+    return fmt("%.0f", n);
+}
+
+std::string human_duration(double seconds) {
+    long s = (long)(seconds + 0.5);
+    char buf[32];
+    if (s >= 3600) snprintf(buf, sizeof buf, "%ldh%02ldm", s / 3600, s / 60 % 60);
+    else if (s >= 60) snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
+    else snprintf(buf, sizeof buf, "%lds", s);
+    return buf;
+}
+
+double now_seconds() {
+    using namespace std::chrono;
+    return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::string tail_lines(const std::string& text, int n) {
+    size_t pos = text.size();
+    for (int i = 0; i <= n && pos != std::string::npos && pos > 0; i++) pos = text.rfind('\n', pos - 1);
+    return pos == std::string::npos ? text : text.substr(pos + 1);
+}
+
+// Two flag values agree: the same text, or the same number (the trainer stores "0.001" for "1e-3").
+bool same_value(const std::string& a, const std::string& b) {
+    if (a == b) return true;
+    char *ea = nullptr, *eb = nullptr;
+    double x = strtod(a.c_str(), &ea), y = strtod(b.c_str(), &eb);
+    if (ea == a.c_str() || eb == b.c_str() || *ea || *eb) return false;
+    return std::fabs(x - y) <= 1e-6 * std::max(1.0, std::fabs(x));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Running
+
+enum class RunState { Done, Resume, Fresh };
+
+struct RunPlan {
+    const RunSpec* spec;
+    std::string dir;
+    std::map<std::string, std::string> flags;
+    RunState state;
+    long long resume_step = 0;
+};
+
+// What to do with a run directory; false (and a message) when it holds another configuration.
+bool plan_run(const Sweep& s, const RunSpec& spec, RunPlan& plan, std::string& error) {
+    plan.spec = &spec;
+    plan.dir = s.runs_dir + "/" + spec.name;
+    plan.flags = run_flags(s, spec);
+    const std::string summary = plan.dir + "/summary.json", model = plan.dir + "/model.safetensors";
+    std::map<std::string, std::string> stored;
+    if (exists(summary)) {
+        json::Value v;
+        std::string e;
+        if (!json::parse(read_file(summary), v, e) || !v.get("config") || !v.get("config")->is_object()) {
+            error = summary + ": not a run summary (" + e + ")";
+            return false;
+        }
+        for (const auto& [k, val] : v.get("config")->object) stored[k] = val.text;
+        plan.state = RunState::Done;
+    } else if (exists(model)) {
+        safetensors::File f;
+        std::string e;
+        if (!safetensors::read(model, f, e)) {
+            error = model + ": " + e;
+            return false;
+        }
+        stored = f.metadata;
+        plan.state = RunState::Resume;
+        const std::string* step = f.meta("step");
+        plan.resume_step = step ? atoll(step->c_str()) : 0;
+    } else {
+        plan.state = RunState::Fresh;
+        return true;
+    }
+    for (const auto& [k, v] : plan.flags) {
+        // the data is checked by the trainer (by content); the others do not change the numbers
+        if (k == "data" || k == "checkpoint-every" || k == "sample-every" || k == "sample-len") continue;
+        auto it = stored.find(k);
+        if (it == stored.end() || !same_value(it->second, v)) {
+            error = plan.dir + " holds a run with --" + k + " " + (it == stored.end() ? "(none)" : it->second) +
+                    ", this sweep wants " + v + ": delete the directory (or choose another --runs-dir)";
+            return false;
+        }
+    }
+    return true;
+}
+
+std::vector<std::string> trainer_args(const Sweep& s, const RunPlan& p, bool resume) {
+    std::vector<std::string> a = {s.trainer, "--out", p.dir};
+    if (resume) a.insert(a.end(), {"--resume", p.dir + "/model.safetensors"});
+    for (const auto& [k, v] : p.flags) a.insert(a.end(), {"--" + k, v});
+    return a;
+}
+
+std::string command_line(const std::vector<std::string>& args) {
+    std::string s;
+    for (const auto& a : args) s += (s.empty() ? "" : " ") + a;
+    return s;
+}
+
+// Starts the trainer with stdout and stderr appended to <dir>/train.log. Returns the pid (or -1).
+pid_t spawn_run(const std::vector<std::string>& args, const std::string& log, const std::vector<std::string>& env_extra) {
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    posix_spawn_file_actions_adddup2(&fa, 1, 2);
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    std::vector<std::string> env_store;
+    for (char** e = environ; *e; e++) {
+        std::string kv = *e;
+        bool overridden = false;
+        for (const auto& x : env_extra) overridden = overridden || kv.compare(0, x.find('=') + 1, x, 0, x.find('=') + 1) == 0;
+        if (!overridden) env_store.push_back(kv);
+    }
+    for (const auto& x : env_extra) env_store.push_back(x);
+    std::vector<char*> envp;
+    for (auto& e : env_store) envp.push_back(const_cast<char*>(e.c_str()));
+    envp.push_back(nullptr);
+    pid_t pid = -1;
+    int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    return rc == 0 ? pid : -1;
+}
+
+// Runs every plan that is not done, at most s.jobs at a time, longest first. Returns the names that failed.
+std::vector<std::string> run_all(const Sweep& s, std::vector<RunPlan>& plans) {
+    std::vector<RunPlan*> todo;
+    for (auto& p : plans)
+        if (p.state != RunState::Done) todo.push_back(&p);
+    std::stable_sort(todo.begin(), todo.end(), [](const RunPlan* a, const RunPlan* b) { return a->spec->cost > b->spec->cost; });
+    std::vector<std::string> failed;
+    if (todo.empty()) return failed;
+
+    // Two runs at once on two cores: one SIMT worker and one OpenBLAS thread each (unless set).
+    const int cores = std::max(1u, std::thread::hardware_concurrency());
+    const int per_run = std::max(1, cores / std::max(1, s.jobs));
+    std::vector<std::string> env;
+    if (!getenv("SIMT_THREADS")) env.push_back("SIMT_THREADS=" + std::to_string(per_run));
+    if (!getenv("OPENBLAS_NUM_THREADS")) env.push_back("OPENBLAS_NUM_THREADS=" + std::to_string(per_run));
+
+    struct Active {
+        RunPlan* plan;
+        double start;
+        bool resumed;
+    };
+    std::map<pid_t, Active> active;
+    size_t next = 0, finished = 0;
+    std::set<RunPlan*> retried;
+    const double t0 = now_seconds();
+    auto start = [&](RunPlan* p, bool resume) {
+        std::vector<std::string> args = trainer_args(s, *p, resume);
+        std::error_code ec;
+        std::filesystem::create_directories(p->dir, ec);
+        const std::string log = p->dir + "/train.log";
+        FILE* f = fopen(log.c_str(), "a");
+        if (f) {
+            fprintf(f, "### %s\n", command_line(args).c_str());
+            fclose(f);
+        }
+        pid_t pid = spawn_run(args, log, env);
+        if (pid < 0) {
+            fprintf(stderr, "ablate: cannot start %s: %s\n", s.trainer.c_str(), strerror(errno));
+            failed.push_back(p->spec->name);
+            finished++;
+            return;
+        }
+        active[pid] = {p, now_seconds(), resume};
+        printf("[%s] start  %-13s %s\n", human_duration(now_seconds() - t0).c_str(), p->spec->name.c_str(),
+               resume ? ("(resuming at step " + std::to_string(p->resume_step) + ")").c_str() : "");
+        fflush(stdout);
+    };
+    while (finished < todo.size()) {
+        while ((int)active.size() < std::max(1, s.jobs) && next < todo.size()) {
+            RunPlan* p = todo[next++];
+            if (p->state == RunState::Fresh) {  // a run killed before its first checkpoint starts again
+                std::error_code ec;
+                std::filesystem::remove_all(p->dir, ec);
+            }
+            start(p, p->state == RunState::Resume);
+        }
+        if (active.empty()) break;
+        int status = 0;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        auto it = active.find(pid);
+        if (it == active.end()) continue;
+        Active a = it->second;
+        active.erase(it);
+        const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && exists(a.plan->dir + "/summary.json");
+        if (!ok && a.resumed && !retried.count(a.plan)) {
+            // e.g. killed after the final checkpoint but before the summary: the trainer refuses to
+            // resume a complete run, so that run starts again from scratch.
+            printf("[%s] resume of %s failed (log: %s/train.log); starting it again from scratch\n",
+                   human_duration(now_seconds() - t0).c_str(), a.plan->spec->name.c_str(), a.plan->dir.c_str());
+            retried.insert(a.plan);
+            std::error_code ec;
+            std::filesystem::remove_all(a.plan->dir, ec);
+            start(a.plan, false);
+            continue;
+        }
+        finished++;
+        if (ok) {
+            printf("[%s] done   %-13s in %s (%zu of %zu)\n", human_duration(now_seconds() - t0).c_str(),
+                   a.plan->spec->name.c_str(), human_duration(now_seconds() - a.start).c_str(), finished, todo.size());
+        } else {
+            failed.push_back(a.plan->spec->name);
+            printf("[%s] FAILED %s (%s %d); the end of %s/train.log:\n%s\n", human_duration(now_seconds() - t0).c_str(),
+                   a.plan->spec->name.c_str(), WIFEXITED(status) ? "exit status" : "signal",
+                   WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), a.plan->dir.c_str(),
+                   tail_lines(read_file(a.plan->dir + "/train.log"), 15).c_str());
+        }
+        fflush(stdout);
+    }
+    return failed;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Results
+
+struct Result {
+    const RunSpec* spec = nullptr;
+    bool ok = false;
+    RunHistory h;
+    std::map<std::string, double> m;  // summary_metrics over the last 10% of the log steps
+    double val = NAN, best_val = NAN, tokens_per_s = NAN, wall = NAN, train_seconds = NAN;
+    long long params_total = 0, params_active = 0;
+    bool moe = false;
+    int E = 0;
+    double max_grad_norm = NAN;  // largest pre-clip gradient norm after warmup
+    std::vector<std::vector<double>> tail_load;  // per layer, tokens routed per expert, mean over the tail
+    int starved = 0;  // experts (all layers) whose tail load is below a tenth of the uniform load
+    double get(const std::string& k) const {
+        auto it = m.find(k);
+        return it == m.end() ? NAN : it->second;
+    }
+};
+
+constexpr double kTail = 0.1;
+
+Result load_result(const Sweep& s, const RunSpec& spec) {
+    Result r;
+    r.spec = &spec;
+    const std::string dir = s.runs_dir + "/" + spec.name;
+    bool have = false;
+    std::string text = read_file(dir + "/summary.json", &have);
+    json::Value v;
+    std::string e;
+    if (!have || !json::parse(text, v, e)) return r;
+    auto num = [&](const char* k) {
+        const json::Value* x = v.get(k);
+        return x && x->is_number() ? x->number : NAN;
+    };
+    r.val = num("final_val_loss");
+    r.best_val = num("best_val_loss");
+    r.tokens_per_s = num("tokens_per_s");
+    r.wall = num("wall_seconds");
+    r.train_seconds = num("train_seconds");
+    r.params_total = (long long)(std::isfinite(num("params_total")) ? num("params_total") : 0);
+    r.params_active = (long long)(std::isfinite(num("params_active")) ? num("params_active") : 0);
+    if (!r.h.load_metrics(dir + "/metrics.jsonl", e)) {
+        fprintf(stderr, "ablate: %s\n", e.c_str());
+        return r;
+    }
+    if (r.params_total == 0) r.params_total = r.h.params_total;
+    if (r.params_active == 0) r.params_active = r.h.params_active;
+    for (const auto& [k, x] : summary_metrics(r.h, kTail)) r.m[k] = x;
+    r.moe = r.h.moe_layers() > 0;
+    r.E = r.h.experts();
+    // tail loads, starved experts, the largest gradient norm after warmup
+    long long last = r.h.records.empty() ? 0 : r.h.records.back().step;
+    const double from = last * (1 - kTail);
+    const int L = r.h.moe_layers();
+    r.tail_load.assign(L, std::vector<double>(r.E, 0.0));
+    int n = 0;
+    for (const StepRecord& rec : r.h.records) {
+        if (rec.step > s.warmup && std::isfinite(rec.grad_norm))
+            r.max_grad_norm = std::isfinite(r.max_grad_norm) ? std::max(r.max_grad_norm, rec.grad_norm) : rec.grad_norm;
+        if (rec.step < from || (int)rec.moe.size() != L || L == 0) continue;
+        for (int l = 0; l < L; l++)
+            for (int x = 0; x < r.E && x < (int)rec.moe[l].tokens_routed.size(); x++) r.tail_load[l][x] += rec.moe[l].tokens_routed[x];
+        n++;
+    }
+    for (auto& layer : r.tail_load) {
+        double total = 0;
+        for (double& x : layer) total += x /= std::max(1, n);
+        for (double x : layer) r.starved += x < 0.1 * total / std::max(1, r.E);
+    }
+    r.ok = std::isfinite(r.val);
+    return r;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Plots
+
+// Centered moving average over +-w records (train CE of one batch is noisy).
+std::pair<std::vector<double>, std::vector<double>> smoothed_ce(const RunHistory& h, int w = 5) {
+    std::vector<double> xs, ys, out_x, out_y;
+    for (const StepRecord& r : h.records)
+        if (std::isfinite(r.ce)) {
+            xs.push_back((double)r.step);
+            ys.push_back(r.ce);
+        }
+    for (size_t i = 0; i < xs.size(); i++) {
+        size_t a = i >= (size_t)w ? i - w : 0, b = std::min(xs.size() - 1, i + w);
+        double sum = 0;
+        for (size_t j = a; j <= b; j++) sum += ys[j];
+        out_x.push_back(xs[i]);
+        out_y.push_back(sum / (double)(b - a + 1));
+    }
+    return {out_x, out_y};
+}
+
+plot::Figure loss_overlay(const std::string& title, const std::vector<const Result*>& runs, int log_every) {
+    std::vector<plot::Axes> panels(2);
+    panels[0].title = "train cross-entropy (moving average over " + std::to_string(11 * log_every) + " steps)";
+    panels[1].title = "validation loss";
+    for (auto& p : panels) {
+        p.xlabel = "step";
+        p.ylabel = "cross-entropy (nats)";
+        p.log_y = true;
+    }
+    double vmin = INFINITY, tmin = INFINITY;
+    for (size_t i = 0; i < runs.size(); i++) {
+        const Result& r = *runs[i];
+        plot::Series t, v;
+        t.name = v.name = r.spec->name;
+        t.color = v.color = (int)i;
+        t.width = 1.8;
+        v.markers = true;
+        auto [x, y] = smoothed_ce(r.h);
+        t.x = x;
+        t.y = y;
+        for (double q : y) tmin = std::min(tmin, q);
+        for (const StepRecord& rec : r.h.records)
+            if (std::isfinite(rec.val_loss)) {
+                v.x.push_back((double)rec.step);
+                v.y.push_back(rec.val_loss);
+                vmin = std::min(vmin, rec.val_loss);
+            }
+        panels[0].series.push_back(std::move(t));
+        panels[1].series.push_back(std::move(v));
+    }
+    // the interesting part is the end: clip the start of the curves (loss ~4.2 at step 0)
+    if (std::isfinite(tmin)) {
+        panels[0].ymin = tmin * 0.97;
+        panels[0].ymax = tmin + 1.2;
+    }
+    if (std::isfinite(vmin)) {
+        panels[1].ymin = vmin * 0.97;
+        panels[1].ymax = vmin + 1.2;
+    }
+    return plot::grid_figure(title, panels, 2, 700, 460);
+}
+
+// Tokens routed per expert (mean over the last 10% of the log steps): one panel per layer and run.
+plot::Figure load_histograms(const std::string& title, const std::vector<const Result*>& runs) {
+    std::vector<plot::Axes> panels;
+    int L = 0;
+    for (const Result* r : runs) L = std::max(L, (int)r->tail_load.size());
+    for (int l = 0; l < L; l++)
+        for (size_t i = 0; i < runs.size(); i++) {
+            const Result& r = *runs[i];
+            if (l >= (int)r.tail_load.size()) continue;
+            std::vector<std::string> cats;
+            double total = 0;
+            for (int e = 0; e < r.E; e++) cats.push_back(std::to_string(e)), total += r.tail_load[l][e];
+            const double uniform = total / std::max(1, r.E);
+            double mx = 0;
+            for (double x : r.tail_load[l]) mx = std::max(mx, x);
+            plot::Axes ax = plot::bar_axes(r.spec->name + ", layer " + std::to_string(l) + ": max/mean " + fmt("%.2f", mx / uniform),
+                                           cats, r.tail_load[l], "expert", "tokens routed per step", uniform,
+                                           "uniform N*K/E = " + fmt("%.0f", uniform), (int)i);
+            panels.push_back(std::move(ax));
+        }
+    // the same value axis for every panel
+    double top = 0;
+    for (const auto& p : panels)
+        for (double x : p.bars[0].values) top = std::max(top, x);
+    for (auto& p : panels) p.ymax = top * 1.25;
+    return plot::grid_figure(title, panels, (int)runs.size(), 560, 360);
+}
+
+// One metric of every layer over time, for several runs (series "run, layer l").
+plot::Axes metric_over_time(const std::string& title, const std::string& ylabel, const std::vector<const Result*>& runs,
+                            double (*metric)(const MoeStats&), bool mean_over_layers) {
+    plot::Axes ax;
+    ax.title = title;
+    ax.xlabel = "step";
+    ax.ylabel = ylabel;
+    for (size_t i = 0; i < runs.size(); i++) {
+        const Result& r = *runs[i];
+        const int L = r.h.moe_layers();
+        for (int l = 0; l < (mean_over_layers ? 1 : L); l++) {
+            plot::Series sr;
+            sr.name = r.spec->name + (mean_over_layers ? "" : ", layer " + std::to_string(l));
+            sr.color = (int)i;
+            sr.dashed = !mean_over_layers && l % 2 == 1;
+            sr.width = 1.6;
+            for (const StepRecord& rec : r.h.records) {
+                if ((int)rec.moe.size() != L || L == 0) continue;
+                double y = 0;
+                if (mean_over_layers) {
+                    for (const MoeStats& st : rec.moe) y += metric(st) / L;
+                } else {
+                    y = metric(rec.moe[l]);
+                }
+                sr.x.push_back((double)rec.step);
+                sr.y.push_back(y);
+            }
+            ax.series.push_back(std::move(sr));
+        }
+    }
+    return ax;
+}
+
+plot::Figure capacity_figure(const std::vector<const Result*>& runs, const std::vector<std::string>& cf_labels) {
+    std::vector<plot::Axes> panels;
+    std::vector<double> drop, val;
+    for (const Result* r : runs) {
+        drop.push_back(100.0 * r->get("drop_rate"));
+        val.push_back(r->val);
+    }
+    panels.push_back(plot::bar_axes("drop rate (mean of the last 10% of steps)", cf_labels, drop, "capacity factor",
+                                    "dropped choices (%)", NAN, "", 3));
+    plot::Axes v = plot::bar_axes("final validation loss", cf_labels, val, "capacity factor", "cross-entropy (nats)", NAN, "", 0);
+    double lo = INFINITY, hi = -INFINITY;
+    for (double x : val)
+        if (std::isfinite(x)) lo = std::min(lo, x), hi = std::max(hi, x);
+    if (std::isfinite(lo)) {
+        double pad = std::max(0.01, (hi - lo) * 0.6);
+        v.ymin = lo - pad;
+        v.ymax = hi + pad * 0.6;
+    }
+    panels.push_back(std::move(v));
+    return plot::grid_figure("Capacity factor: drop rate and validation loss", panels, 2, 560, 400);
+}
+
+// ------------------------------------------------------------------------------------------------
+// README
+
+std::string signed3(double d) { return (d >= 0 ? "+" : "") + fmt("%.3f", d); }
+std::string f4(double x) { return std::isfinite(x) ? fmt("%.4f", x) : "n/a"; }
+std::string pct(double x) { return std::isfinite(x) ? fmt("%.1f%%", 100 * x) : "n/a"; }
+std::string f2(double x) { return std::isfinite(x) ? fmt("%.2f", x) : "n/a"; }
+
+// "lower" / "higher" / "the same" for a - b, at the printed precision of `decimals`.
+std::string lower_higher(double a, double b, int decimals = 3) {
+    double q = std::pow(10.0, decimals);
+    long d = std::lround((a - b) * q);
+    return d < 0 ? "lower" : d > 0 ? "higher" : "the same";
+}
+
+struct Report {
+    const Sweep& s;
+    std::map<std::string, Result>& res;
+    double seed_delta = NAN;  // |val(top2) - val(top2-seed2)|
+
+    const Result* get(const std::string& n) const {
+        auto it = res.find(n);
+        return it != res.end() && it->second.ok ? &it->second : nullptr;
+    }
+    // ", within the seed-to-seed difference of 0.012" / ", more than ..." (empty without the reference run)
+    std::string noise_note(double delta) const {
+        if (!std::isfinite(seed_delta)) return "";
+        return (std::fabs(delta) <= seed_delta ? ", within" : ", more than") + std::string(" the seed-to-seed difference of ") +
+               fmt("%.3f", seed_delta);
+    }
+    // "a reached validation loss X vs Y for b (Δ = +0.012: lower, within the seed-to-seed difference of 0.020)"
+    std::string vs(const std::string& a, const std::string& b) const {
+        const Result *ra = get(a), *rb = get(b);
+        if (!ra || !rb) return "(missing runs)";
+        double d = ra->val - rb->val;
+        return a + " reached validation loss " + f4(ra->val) + " vs " + f4(rb->val) + " for " + b + " (Δ = " + signed3(d) + ": " +
+               lower_higher(ra->val, rb->val) + noise_note(d) + ")";
+    }
+};
+
+std::string table(const Sweep& s, const std::vector<RunSpec>& specs, std::map<std::string, Result>& res) {
+    std::string t =
+        "| run | configuration | train CE | val loss | drop rate | load imbalance | router entropy | tokens/s | params total | params active |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for (const RunSpec& spec : specs) {
+        const Result& r = res[spec.name];
+        if (!r.ok) {
+            t += "| " + spec.name + " | " + spec.label + " | missing | | | | | | | |\n";
+            continue;
+        }
+        const bool moe = r.moe;
+        t += "| " + spec.name + " | " + spec.label + " | " + f4(r.get("final_train_ce")) + " | " + f4(r.val) + " | " +
+             (moe ? pct(r.get("drop_rate")) : "-") + " | " + (moe ? f2(r.get("load_imbalance")) : "-") + " | " +
+             (moe ? fmt("%.3f", r.get("router_entropy")) + " (" + fmt("%.0f%%", 100 * r.get("router_entropy_ratio")) + ")" : "-") +
+             " | " + fmt("%.0f", r.tokens_per_s) + " | " + human_count((double)r.params_total) + " | " +
+             human_count((double)r.params_active) + " |\n";
+    }
+    (void)s;
+    return t;
+}
+
+std::string experiment_text(const Report& R, const Experiment& x) {
+    auto g = [&](const std::string& n) { return R.get(n); };
+    std::string t;
+    if (x.key == "dense_vs_moe") {
+        const Result *da = g("dense-active"), *t1 = g("top1"), *t2 = g("top2"), *dt = g("dense-total");
+        if (!da || !t1 || !t2 || !dt) return "Some runs of this experiment are missing.\n";
+        t += R.vs("top2", "dense-active") + ", with " + human_count((double)t2->params_active) + " vs " +
+             human_count((double)da->params_active) + " active parameters per token and " +
+             fmt("%.2f", (double)t2->params_total / (double)da->params_total) + "x the total parameters. ";
+        t += R.vs("top2", "dense-total") + "; dense-total has " + human_count((double)dt->params_total) +
+             " parameters, all of them active. ";
+        t += R.vs("top1", "top2") + ". ";
+        std::vector<const Result*> order = {da, t1, t2, dt};
+        std::sort(order.begin(), order.end(), [](const Result* a, const Result* b) { return a->val < b->val; });
+        t += "Ordered by validation loss: ";
+        for (size_t i = 0; i < order.size(); i++) t += (i ? " < " : "") + order[i]->spec->name + " (" + f4(order[i]->val) + ")";
+        t += ". Throughput: top-2 " + fmt("%.0f", t2->tokens_per_s) + " tokens/s, dense-active " + fmt("%.0f", da->tokens_per_s) +
+             ", dense-total " + fmt("%.0f", dt->tokens_per_s) + ": top-2 trained at " + fmt("%.2f", t2->tokens_per_s / da->tokens_per_s) +
+             "x the speed of dense-active and " + fmt("%.2f", t2->tokens_per_s / dt->tokens_per_s) + "x that of dense-total.\n";
+    } else if (x.key == "aux") {
+        const Result *off = g("aux-off"), *on = g("noise-off");
+        if (!off || !on) return "Some runs of this experiment are missing.\n";
+        t += "Without the load-balancing loss the load imbalance (max/mean tokens per expert, before capacity, mean of the last 10% of steps) was " +
+             f2(off->get("load_imbalance")) + " vs " + f2(on->get("load_imbalance")) + " with it (aux coefficient 0.01), the router entropy " +
+             fmt("%.3f", off->get("router_entropy")) + " vs " + fmt("%.3f", on->get("router_entropy")) + " nats (ln " +
+             std::to_string(on->E) + " = " + fmt("%.3f", std::log((double)on->E)) + " is uniform), and the drop rate " +
+             pct(off->get("drop_rate")) + " vs " + pct(on->get("drop_rate")) + ". ";
+        t += "Experts starved (mean load below a tenth of the uniform level, over both layers): " + std::to_string(off->starved) +
+             " of " + std::to_string(off->E * (int)off->tail_load.size()) + " without the aux loss, " + std::to_string(on->starved) +
+             " with it; " +
+             (off->starved > on->starved || off->get("load_imbalance") > 1.5 * on->get("load_imbalance")
+                  ? "so the router without the aux loss concentrates its load (toward collapse)"
+                  : "so at this size and length the router without the aux loss did not collapse") +
+             ". " + R.vs("aux-off", "noise-off") + ".\n";
+    } else if (x.key == "capacity") {
+        std::vector<std::pair<std::string, std::string>> cf = {
+            {"cf0.5", "0.5"}, {"cf1.0", "1.0"}, {"top2", "1.25"}, {"cf2.0", "2.0"}, {"cf-unlimited", "unlimited"}};
+        std::string drops, vals;
+        const Result* best = nullptr;
+        std::string best_cf;
+        for (const auto& [n, label] : cf) {
+            const Result* r = g(n);
+            if (!r) return "Some runs of this experiment are missing.\n";
+            drops += (drops.empty() ? "" : ", ") + label + ": " + pct(r->get("drop_rate"));
+            vals += (vals.empty() ? "" : ", ") + label + ": " + f4(r->val);
+            if (!best || r->val < best->val) best = r, best_cf = label;
+        }
+        const Result *lo = g("cf0.5"), *un = g("cf-unlimited");
+        t += "Drop rate by capacity factor (mean of the last 10% of steps): " + drops + ". Validation loss: " + vals + ". ";
+        t += "The lowest validation loss was at capacity factor " + best_cf + "; capacity 0.5 ended " + signed3(lo->val - un->val) +
+             " nats from unlimited capacity (" + lower_higher(lo->val, un->val) + R.noise_note(lo->val - un->val) + "), having dropped " + pct(lo->get("drop_rate")) +
+             " of its choices (" + fmt("%.1f", lo->get("tokens_all_dropped")) + " tokens per step lost both choices and rode the residual alone).\n";
+    } else if (x.key == "shared") {
+        const Result *t2 = g("top2"), *sh = g("shared");
+        if (!t2 || !sh) return "Some runs of this experiment are missing.\n";
+        t += R.vs("shared", "top2") + ". Both use two expert FFNs of width " + std::to_string(R.s.F()) + " per token: " +
+             human_count((double)sh->params_active) + " vs " + human_count((double)t2->params_active) + " active parameters, " +
+             human_count((double)sh->params_total) + " vs " + human_count((double)t2->params_total) + " in total. ";
+        t += "Routed-expert drop rate " + pct(sh->get("drop_rate")) + " vs " + pct(t2->get("drop_rate")) + ", load imbalance " +
+             f2(sh->get("load_imbalance")) + " vs " + f2(t2->get("load_imbalance")) + "; throughput " + fmt("%.0f", sh->tokens_per_s) +
+             " vs " + fmt("%.0f", t2->tokens_per_s) + " tokens/s.\n";
+    } else if (x.key == "noise") {
+        const Result *on = g("top2"), *off = g("noise-off");
+        if (!on || !off) return "Some runs of this experiment are missing.\n";
+        t += "With router noise (top2) vs without (noise-off): " + R.vs("top2", "noise-off") + ". Router entropy " +
+             fmt("%.3f", on->get("router_entropy")) + " vs " + fmt("%.3f", off->get("router_entropy")) + " nats, load imbalance " +
+             f2(on->get("load_imbalance")) + " vs " + f2(off->get("load_imbalance")) + ", drop rate " + pct(on->get("drop_rate")) +
+             " vs " + pct(off->get("drop_rate")) + " (the statistics of training steps, where the noise is applied).\n";
+    } else if (x.key == "zloss") {
+        const Result *on = g("top2"), *off = g("z-off");
+        if (!on || !off) return "Some runs of this experiment are missing.\n";
+        t += "Router logit size, as the RMS over tokens of logsumexp of the clean router logits (sqrt of the z-loss, mean of the layers and of the last 10% of steps): " +
+             fmt("%.3f", on->get("router_lse_rms")) + " with the z-loss (coefficient 0.001) vs " + fmt("%.3f", off->get("router_lse_rms")) +
+             " without (z = " + fmt("%.3f", on->get("z")) + " vs " + fmt("%.3f", off->get("z")) + "; all-zero logits give ln " +
+             std::to_string(on->E) + " = " + fmt("%.3f", std::log((double)on->E)) + "). ";
+        t += "Stability: the largest gradient norm (before clipping) after warmup was " + f2(on->max_grad_norm) + " vs " +
+             f2(off->max_grad_norm) + ". " + R.vs("top2", "z-off") + ".\n";
+    }
+    return t;
+}
+
+double lse_rms(const MoeStats& s) { return std::sqrt(std::max(0.0, s.z)); }
+double entropy_of(const MoeStats& s) { return s.router_entropy; }
+double imbalance_of(const MoeStats& s) { return s.load_imbalance; }
+
+bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<std::string, Result>& res, double sweep_seconds,
+                  int executed) {
+    Report R{s, res};
+    if (R.get("top2") && R.get("top2-seed2")) R.seed_delta = std::fabs(R.get("top2")->val - R.get("top2-seed2")->val);
+    std::vector<std::string> pngs;
+    auto save = [&](const plot::Figure& f, const std::string& name) {
+        if (plot::save_png(f, s.out_dir + "/" + name)) pngs.push_back(name);
+        else fprintf(stderr, "ablate: cannot write %s/%s\n", s.out_dir.c_str(), name.c_str());
+    };
+    auto runs_of = [&](const std::vector<std::string>& names) {
+        std::vector<const Result*> v;
+        for (const auto& n : names)
+            if (R.get(n)) v.push_back(R.get(n));
+        return v;
+    };
+
+    std::string md;
+    md += "# MoE ablations\n\n";
+    md += "Generated by `make ablate` (`ablations/ablate.cpp`) from the runs in `ablations/runs/`: every number and sentence "
+          "below is computed from the runs' `summary.json` and `metrics.jsonl`; rerunning the study rewrites this file.\n\n";
+    md += "## Setup\n\n";
+    md += "Every run: tiny Shakespeare (`" + s.data + "`, character level), seed " + std::to_string(s.seed) + " (except the noise reference), " +
+          std::to_string(s.layers) + " layers, dim " + std::to_string(s.dim) + ", " + std::to_string(s.heads) + " heads, block " +
+          std::to_string(s.block) + ", batch " + std::to_string(s.batch) + " (N = " + std::to_string(s.batch * s.block) +
+          " tokens per step), " + std::to_string(s.steps) + " steps of AdamW (lr 1e-3 cosine to 1e-4, warmup " +
+          std::to_string(s.warmup) + ", weight decay 0.1, clip 1.0). MoE runs: " + std::to_string(s.experts) +
+          " experts of hidden width " + std::to_string(s.F()) +
+          " in every layer, and unless the run says otherwise top-2, capacity factor 1.25, router noise on, aux coefficient 0.01, "
+          "z coefficient 0.001, no shared expert. Validation loss: the same " +
+          std::to_string(s.eval_batches) + " validation batches for every run, every " + std::to_string(s.eval_every) +
+          " steps and at the end.\n\n";
+    md += "Columns: *train CE* is the mean training cross-entropy of the log steps in the last 10% of the run (one batch is "
+          "noisy); *val loss* the final validation loss; *drop rate* (dropped choices / N*K), *load imbalance* (max / mean tokens "
+          "routed per expert, before capacity) and *router entropy* (mean over tokens of H(p), nats, and as a share of ln E) are "
+          "means over the MoE layers and over the log steps of the last 10% of the run; *tokens/s* is the trainer's training "
+          "throughput (" + std::to_string(s.jobs) + " runs at a time on this machine, each with " +
+          (getenv("SIMT_THREADS") ? std::string(getenv("SIMT_THREADS")) : std::to_string(std::max(1, (int)std::thread::hardware_concurrency() / std::max(1, s.jobs)))) +
+          " worker thread(s)); *params active* counts the parameters one token uses.\n\n";
+    double total_wall = 0;
+    int counted = 0;
+    for (const RunSpec& spec : specs)
+        if (res[spec.name].ok && std::isfinite(res[spec.name].wall)) total_wall += res[spec.name].wall, counted++;
+    md += "Time: " + std::to_string(counted) + " runs, " + human_duration(total_wall) + " of run time in total (the sum of the runs' wall times); ";
+    md += executed > 0 ? "this invocation trained " + std::to_string(executed) + " of them in " + human_duration(sweep_seconds) + " of wall time.\n\n"
+                       : "all runs were already complete when this file was written.\n\n";
+    if (std::isfinite(R.seed_delta))
+        md += "Noise reference: the top-2 baseline trained again with seed " + std::to_string(s.seed + 1) +
+              " (other initial weights, batches and router noise) ended " + fmt("%.3f", R.seed_delta) +
+              " nats of validation loss away from the baseline; differences of that order between runs are within run-to-run noise.\n\n";
+
+    md += "## Results\n\n" + table(s, specs, res) + "\n";
+
+    for (const Experiment& x : experiments()) {
+        md += "## " + x.title + "\n\n";
+        std::vector<const Result*> runs = runs_of(x.runs);
+        if (!runs.empty()) {
+            std::string name = "loss_" + x.key + ".png";
+            save(loss_overlay(x.title + ": loss curves", runs, s.log_every), name);
+            md += "![" + x.title + " loss curves](" + name + ")\n\n";
+        }
+        if (x.key == "aux" && runs.size() == 2) {
+            save(load_histograms("Tokens routed per expert (mean of the last 10% of steps): aux loss off vs on", runs), "load_aux.png");
+            md += "![load histograms, aux off vs on](load_aux.png)\n\n";
+            std::vector<plot::Axes> p = {
+                metric_over_time("router entropy (nats)", "mean H(p)", runs, entropy_of, false),
+                metric_over_time("load imbalance (before capacity)", "max / mean tokens per expert", runs, imbalance_of, false)};
+            p[0].hlines.push_back(plot::RefLine{std::log((double)runs[0]->E), "ln E (uniform)", plot::rgb(120, 120, 120), true});
+            p[0].ymin = 0;
+            p[1].hlines.push_back(plot::RefLine{1.0, "1 (balanced)", plot::rgb(120, 120, 120), true});
+            save(plot::grid_figure("Routing over time, aux loss off vs on (dashed: layer 1)", p, 2, 700, 440), "routing_aux.png");
+            md += "![routing over time, aux off vs on](routing_aux.png)\n\n";
+        }
+        if (x.key == "capacity" && runs.size() == x.runs.size()) {
+            save(capacity_figure(runs, {"0.5", "1.0", "1.25", "2.0", "unlimited"}), "capacity.png");
+            md += "![drop rate and validation loss against capacity factor](capacity.png)\n\n";
+        }
+        if (x.key == "zloss" && !runs.empty()) {
+            std::vector<const Result*> zr = runs_of({"top2", "z-off", "noise-off"});
+            std::vector<plot::Axes> p = {metric_over_time("RMS logsumexp of the router logits (sqrt z), mean of the layers",
+                                                          "sqrt(z)", zr, lse_rms, true)};
+            plot::Axes gn;
+            gn.title = "gradient norm before clipping";
+            gn.xlabel = "step";
+            gn.ylabel = "||grad||";
+            gn.log_y = true;
+            for (size_t i = 0; i < zr.size(); i++) {
+                plot::Series sr;
+                sr.name = zr[i]->spec->name;
+                sr.color = (int)i;
+                sr.width = 1.3;
+                for (const StepRecord& rec : zr[i]->h.records)
+                    if (std::isfinite(rec.grad_norm)) sr.x.push_back((double)rec.step), sr.y.push_back(rec.grad_norm);
+                gn.series.push_back(std::move(sr));
+            }
+            p.push_back(std::move(gn));
+            save(plot::grid_figure("Router logit size and stability", p, 2, 700, 440), "router_logits.png");
+            md += "![router logit size and gradient norms](router_logits.png)\n\n";
+        }
+        md += experiment_text(R, x) + "\n";
+    }
+    md += "## Reproduce\n\n```\nmake ablate            # builds train_moe_cpu and the data, then trains the runs that are missing\n```\n\n";
+    md += "Each run is `" + s.trainer + " --out " + s.runs_dir + "/<run> <flags>`; its console log is `" + s.runs_dir +
+          "/<run>/train.log` (the first line of each invocation is its command), and its own plots (loss, expert load, "
+          "routing, gradient norms, load histogram) are in its directory. An interrupted sweep continues where it stopped.\n";
+    return write_file(s.out_dir + "/README.md", md);
+}
+
+// ------------------------------------------------------------------------------------------------
+
+void usage() {
+    puts("usage: ablate [--steps N] [--jobs J] [--dim D] [--layers L] [--batch B] [--runs-dir DIR] [--out-dir DIR]\n"
+         "              [--trainer PATH] [--data PATH] [--only run,run,...] [--report-only] [--dry-run]\n"
+         "Trains the MoE ablation study (each run once, resumable) and writes DIR/README.md and its plots.");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    setvbuf(stdout, nullptr, _IOLBF, 0);
+    Sweep s;
+    for (int i = 1; i < argc; i++) {
+        std::string a = argv[i];
+        auto value = [&]() -> std::string {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "ablate: %s needs a value\n", a.c_str());
+                exit(2);
+            }
+            return argv[++i];
+        };
+        auto int_value = [&]() {
+            std::string v = value();
+            char* end = nullptr;
+            long x = strtol(v.c_str(), &end, 10);
+            if (*end || x < 1) {
+                fprintf(stderr, "ablate: %s %s: not a positive integer\n", a.c_str(), v.c_str());
+                exit(2);
+            }
+            return (int)x;
+        };
+        if (a == "--steps") s.steps = int_value();
+        else if (a == "--jobs") s.jobs = int_value();
+        else if (a == "--dim") s.dim = int_value();
+        else if (a == "--layers") s.layers = int_value();
+        else if (a == "--batch") s.batch = int_value();
+        else if (a == "--runs-dir") s.runs_dir = value();
+        else if (a == "--out-dir") s.out_dir = value();
+        else if (a == "--trainer") s.trainer = value();
+        else if (a == "--data") s.data = value();
+        else if (a == "--report-only") s.report_only = true;
+        else if (a == "--dry-run") s.dry_run = true;
+        else if (a == "--only") {
+            std::string v = value();
+            for (size_t p = 0; p <= v.size();) {
+                size_t q = v.find(',', p);
+                if (q == std::string::npos) q = v.size();
+                if (q > p) s.only.insert(v.substr(p, q - p));
+                p = q + 1;
+            }
+        } else if (a == "--help" || a == "-h") {
+            usage();
+            return 0;
+        } else {
+            fprintf(stderr, "ablate: unknown argument %s\n", a.c_str());
+            usage();
+            return 2;
+        }
+    }
+    s.checkpoint_every = std::min(s.checkpoint_every, std::max(1, s.steps / 4));
+    if (s.eval_every > s.steps) s.eval_every = s.steps;
+    if (s.warmup > s.steps / 2) s.warmup = std::max(1, s.steps / 10);
+
+    std::vector<RunSpec> specs = study(s);
+    for (const auto& n : s.only) {
+        bool known = false;
+        for (const auto& r : specs) known = known || r.name == n;
+        if (!known) {
+            fprintf(stderr, "ablate: --only: no run named %s\n", n.c_str());
+            return 2;
+        }
+    }
+    std::vector<RunPlan> plans;
+    for (const RunSpec& spec : specs) {
+        if (!s.only.empty() && !s.only.count(spec.name)) continue;
+        RunPlan p;
+        std::string error;
+        if (!plan_run(s, spec, p, error)) {
+            fprintf(stderr, "ablate: %s\n", error.c_str());
+            return 2;
+        }
+        plans.push_back(p);
+    }
+
+    int executed = 0;
+    double sweep_start = now_seconds();
+    std::vector<std::string> failed;
+    if (!s.report_only) {
+        for (const RunPlan& p : plans) executed += p.state != RunState::Done;
+        if (s.dry_run) {
+            for (const RunPlan& p : plans)
+                printf("%-13s %s\n", p.spec->name.c_str(),
+                       p.state == RunState::Done ? "done" : command_line(trainer_args(s, p, p.state == RunState::Resume)).c_str());
+            return 0;
+        }
+        if (executed > 0) {
+            if (access(s.trainer.c_str(), X_OK) != 0) {
+                fprintf(stderr, "ablate: trainer %s not found (make train_moe_cpu)\n", s.trainer.c_str());
+                return 2;
+            }
+            if (access(s.data.c_str(), R_OK) != 0) {
+                fprintf(stderr, "ablate: data %s not found (make data)\n", s.data.c_str());
+                return 2;
+            }
+            printf("ablate: %d of %zu runs to train (%d at a time), %d steps each, in %s\n", executed, plans.size(), s.jobs, s.steps,
+                   s.runs_dir.c_str());
+            failed = run_all(s, plans);
+        }
+    }
+    const double sweep_seconds = now_seconds() - sweep_start;
+
+    std::map<std::string, Result> results;
+    for (const RunSpec& spec : specs) results[spec.name] = load_result(s, spec);
+    std::error_code ec;
+    std::filesystem::create_directories(s.out_dir, ec);
+    if (!write_report(s, specs, results, sweep_seconds, executed)) {
+        fprintf(stderr, "ablate: cannot write %s/README.md\n", s.out_dir.c_str());
+        return 1;
+    }
+    printf("ablate: wrote %s/README.md (%s)\n", s.out_dir.c_str(), human_duration(sweep_seconds).c_str());
+    if (!failed.empty()) {
+        fprintf(stderr, "ablate: %zu run(s) failed:", failed.size());
+        for (const auto& f : failed) fprintf(stderr, " %s", f.c_str());
+        fprintf(stderr, "\n");
+        return 1;
+    }
+    return 0;
+}
