@@ -380,16 +380,20 @@ struct Fiber {
 #else
     boost::context::detail::fcontext_t context;
 #endif
-    Stack stack;
-    uint3 tid;
-    FiberState state;
-    unsigned char op;             // BarrierOp or WarpOp while parked
-    unsigned mask;                // warp operations: the mask argument
-    int arg, width;               // warp operations: srcLane / delta / laneMask, width
+    Stack* stack;                 // owned by the worker, recycled
     unsigned long long value;     // this lane's contribution
     unsigned long long result;    // what the operation returns to this lane
     std::source_location site;    // where it is parked
+    uint3 tid;
+    unsigned mask;                // warp operations: the mask argument
+    int arg;                      // warp operations: srcLane / delta / laneMask
+    short width;                  // warp operations: width (1..32)
+    FiberState state;
+    unsigned char op;             // BarrierOp or WarpOp while parked
 };
+#ifndef SIMT_FIBERS_UCONTEXT
+static_assert(sizeof(Fiber) == 64, "one cache line per CUDA thread");
+#endif
 
 // Everything one OS worker thread needs to run blocks, allocated once and reused.
 struct Worker {
@@ -398,7 +402,8 @@ struct Worker {
     std::vector<int> round;         // the fibers to run in this round, in order
     size_t pos = 0;                 // next entry of `round`
     std::vector<int> runlist;       // released for the next round
-    std::vector<Stack> free_stacks;
+    std::vector<std::unique_ptr<Stack>> stacks;  // every stack this worker ever created
+    std::vector<Stack*> free_stacks;
     unsigned char* shared = nullptr;  // dynamic shared memory (kMaxDynamicSharedOptin bytes)
 
     // The block being run.
@@ -487,17 +492,20 @@ void fiber_entry_point();
 #endif
 inline void prepare(Worker* w, Fiber* to) {
     if (to->state == kNew) {
-        if (w->free_stacks.empty()) w->free_stacks.push_back(new_stack());
+        if (w->free_stacks.empty()) {
+            w->stacks.push_back(std::make_unique<Stack>(new_stack()));
+            w->free_stacks.push_back(w->stacks.back().get());
+        }
         to->stack = w->free_stacks.back();
         w->free_stacks.pop_back();
 #if SIMT_ASAN
         // A recycled stack still carries the poisoned redzones of frames that never returned.
-        __asan_unpoison_memory_region(to->stack.lo, to->stack.size);
+        __asan_unpoison_memory_region(to->stack->lo, to->stack->size);
 #endif
 #ifdef SIMT_FIBERS_UCONTEXT
         getcontext(&to->context);
-        to->context.uc_stack.ss_sp = to->stack.lo;
-        to->context.uc_stack.ss_size = (size_t)(to->stack.top - to->stack.lo);
+        to->context.uc_stack.ss_sp = to->stack->lo;
+        to->context.uc_stack.ss_size = (size_t)(to->stack->top - to->stack->lo);
         to->context.uc_link = nullptr;
         makecontext(&to->context, fiber_entry_point, 0);
 #endif
@@ -525,7 +533,7 @@ void transfer(Worker* w, Fiber* from, Fiber* to) {
 #if SIMT_ASAN
     void* fake = nullptr;
     const bool dying = from != nullptr && from->state == kDone;
-    if (to != nullptr) __sanitizer_start_switch_fiber(dying ? nullptr : &fake, to->stack.lo, (size_t)(to->stack.top - to->stack.lo));
+    if (to != nullptr) __sanitizer_start_switch_fiber(dying ? nullptr : &fake, to->stack->lo, (size_t)(to->stack->top - to->stack->lo));
     else __sanitizer_start_switch_fiber(dying ? nullptr : &fake, w->scheduler_stack_bottom, w->scheduler_stack_size);
 #endif
     swapcontext(save, target);
@@ -604,7 +612,7 @@ void transfer(Worker* w, Fiber* from, Fiber* to) {
     if (to != nullptr) {
         const bool start = to->state == kNew;
         prepare(w, to);
-        if (start) to->context = bctx::make_fcontext(to->stack.top, (size_t)(to->stack.top - to->stack.lo), fiber_entry);
+        if (start) to->context = bctx::make_fcontext(to->stack->top, (size_t)(to->stack->top - to->stack->lo), fiber_entry);
         target = to->context;
     } else {
         w->current = nullptr;
@@ -699,7 +707,7 @@ unsigned long long warp_op(WarpOp op, unsigned mask, unsigned long long value, i
     f->mask = mask;
     f->value = value;
     f->arg = arg;
-    f->width = width;
+    f->width = (short)(width < -1 ? -1 : width > 64 ? 64 : width);  // validated when the warp resolves
     f->site = loc;
     ++w->warp_waiters;
     park(w, f);
