@@ -1044,6 +1044,12 @@ void run_block(Worker* w, const Launch& L, unsigned long long linear) {
     w->barrier_waiters = w->warp_waiters = 0;
     w->barrier_list.clear();
     w->aborting = false;
+#if SIMT_ASAN
+    // Under ASan, bytes past the launch's shared_bytes are poisoned: an overrun is reported.
+    const size_t cap = (kMaxDynamicSharedOptin + 4095) / 4096 * 4096;
+    __asan_unpoison_memory_region(w->shared, cap);
+    __asan_poison_memory_region(w->shared + L.shared_bytes, cap - L.shared_bytes);
+#endif
     if (L.shared_bytes > 0) memset(w->shared, 0xFF, L.shared_bytes);
     w->runlist.clear();
     for (int i = 0; i < n; ++i) {
@@ -1219,6 +1225,13 @@ bool check_pointer_argument(const char* kernel, int index, const void* p) {
 }
 
 void run_launch(const Launch& L) {
+    if (tls_worker != nullptr && tls_worker->current != nullptr) {
+        report(cudaErrorNotSupported,
+               format("simt: kernel '%s' launched from device code (kernel '%s'): dynamic parallelism is not "
+                      "supported",
+                      L.name, tls_worker->launch->name));
+        return;
+    }
     std::lock_guard<std::mutex> launch_lock(g_launch_mutex);
     ensure_pool();
     DeviceAccess access;
@@ -1318,10 +1331,21 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
         size_t end = (offset + rounded + simt::kPage - 1) / simt::kPage * simt::kPage;
         if (end > m.committed) {
             simt::protect_range(base + m.committed, end - m.committed, true);  // we hold DeviceAccess
+#if SIMT_ASAN
+            __asan_poison_memory_region(base + m.committed, end - m.committed);
+#endif
             m.committed = end;
         }
     }
+#if SIMT_ASAN
+    // Under ASan, device memory outside live allocations (the padding up to 256 bytes, freed
+    // blocks) is poisoned, so kernels that overrun a buffer or use it after cudaFree are reported.
+    __asan_unpoison_memory_region(base + offset, rounded);
+#endif
     memset(base + offset, 0xFF, rounded);  // never-written memory reads as NaN / -1
+#if SIMT_ASAN
+    __asan_poison_memory_region(base + offset + bytes, rounded - bytes);
+#endif
     *ptr = base + offset;
     return cudaSuccess;
 }
@@ -1339,6 +1363,9 @@ cudaError_t cudaFree(void* ptr) {
         return report(cudaErrorInvalidValue,
                       format("simt: cudaFree(%p): not the start of a live allocation (double free?)", ptr));
     size_t size = m.rounded[offset];
+#if SIMT_ASAN
+    __asan_poison_memory_region(ptr, size);
+#endif
     m.allocations.erase(it);
     m.rounded.erase(offset);
     // Insert into the free list and merge with the neighbours.

@@ -661,6 +661,30 @@ TEST_F(Simt, ExceptionInKernelIsALaunchFailureAndFibersUnwind) {
     ASSERT_EQ(simt_launch_copy((float*)out.ptr, (const float*)out.ptr, 64), cudaSuccess);
 }
 
+// CPU-only: a kernel that launches a kernel (dynamic parallelism) is refused, not deadlocked.
+__global__ void cpu_only_child_kernel(int* out) { out[threadIdx.x] = 2; }
+__global__ void cpu_only_parent_kernel(int* out) {
+    if (threadIdx.x == 0) LAUNCH(cpu_only_child_kernel, 1, 4, 0, 0, out);
+}
+
+TEST_F(Simt, LaunchFromDeviceCodeIsNotSupported) {
+    DeviceBuffer<int> out(4);
+    LAUNCH(cpu_only_parent_kernel, 1, 32, 0, 0, out.ptr);
+    EXPECT_EQ(cudaGetLastError(), cudaErrorNotSupported);
+    EXPECT_TRUE(contains(simt::last_error_message(), "dynamic parallelism"));
+    for (int x : out.download()) EXPECT_EQ(x, -1);
+}
+
+// A shuffle width that is not a power of two is reported (undefined on a GPU).
+__global__ void bad_width_kernel(int* out) { out[threadIdx.x] = __shfl_down_sync(0xffffffffu, (int)threadIdx.x, 1, 12); }
+
+TEST_F(Simt, ShuffleWidthMustBeAPowerOfTwo) {
+    DeviceBuffer<int> out(32);
+    LAUNCH(bad_width_kernel, 1, 32, 0, 0, out.ptr);
+    EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
+    EXPECT_TRUE(contains(simt::last_error_message(), "invalid width 12"));
+}
+
 TEST_F(Simt, CublasArgumentChecks) {
     DeviceBuffer<float> A(64), B(64), C(64);
     const float one = 1.0f, zero = 0.0f;
