@@ -1,11 +1,14 @@
 // simt/simt.h: the SIMT execution layer. Runs CUDA kernel source, unchanged, on the CPU (g++).
 //
 // How it works, in one paragraph: every CUDA thread of a block is a fiber (a tiny coroutine with
-// its own stack). A block runs entirely on one OS thread: the fibers of the block take turns,
-// each running until it finishes or reaches a __syncthreads() or a warp operation (shuffle, vote,
-// __syncwarp), where it parks and hands control back to the block's scheduler. When every live
-// thread of the block waits at the same barrier, they are all released; when every lane a warp
-// operation names has arrived, the values are exchanged and those lanes are released. Blocks are
+// its own stack, Boost.Context's fcontext; POSIX ucontext with -DSIMT_FIBERS_UCONTEXT). A block
+// runs entirely on one OS thread: its fibers take turns in rounds, each running until it finishes
+// or reaches a __syncthreads() or a warp operation (shuffle, vote, __syncwarp), where it parks and
+// switches straight to the next fiber of the round. When the round is over and every live thread
+// of the block waits at the same barrier, they are all released into the next round; when every
+// lane a warp operation names has arrived, the values are exchanged and those lanes are released.
+// Nothing ever waits forever: when no thread can make progress the block fails with a message
+// that names the kernel and the waiting call sites (barrier / warp divergence). Blocks are
 // spread over N OS worker threads (env SIMT_THREADS, default 1, which makes every result
 // bit-for-bit repeatable). Device memory is one big reserved virtual region carved up by our own
 // cudaMalloc; cuBLAS is forwarded to OpenBLAS and cuRAND is libcurand's host generator.
@@ -171,6 +174,10 @@ bool device_memory_protection();
 // True for any address inside the reserved device region (live or freed).
 bool is_device_pointer(const void* p);
 // The message of the most recent error the layer reported (also printed to stderr once).
+// Errors are process-wide (CUDA keeps them per host thread; this project launches from one).
+// A kernel failure (trap, exception, divergence) is returned once by cudaGetLastError and also
+// by the next synchronizing call (cudaDeviceSynchronize, cudaMemcpy, ...) unless read before;
+// it is not sticky: later launches work.
 const char* last_error_message();
 // "CPU (SIMT layer, N worker threads)"
 const char* backend_name();

@@ -144,6 +144,17 @@ __global__ void simt_float_atomic_kernel(float* sum, double* dsum, const float* 
     }
 }
 
+// Two half-warps that synchronise and reduce independently (sub-warp masks), sm_80 reductions.
+__global__ void simt_half_warp_kernel(unsigned* out) {
+    const unsigned lane = threadIdx.x % warpSize;
+    const unsigned half = lane < 16 ? 0x0000ffffu : 0xffff0000u;
+    out[4 * threadIdx.x + 0] = __reduce_add_sync(half, lane);
+    __syncwarp(half);
+    out[4 * threadIdx.x + 1] = __reduce_max_sync(half, lane * 7 % 23);
+    out[4 * threadIdx.x + 2] = (unsigned)__reduce_min_sync(half, (int)lane - 20);
+    out[4 * threadIdx.x + 3] = __ballot_sync(half, lane % 3 == 0);
+}
+
 // __syncthreads_count/and/or and sub-warp reductions.
 __global__ void simt_block_vote_kernel(int* out, int threshold) {
     const int t = threadIdx.x;

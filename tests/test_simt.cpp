@@ -309,6 +309,28 @@ TEST_F(Simt, FloatAtomicAdd) {
     EXPECT_EQ(dsum.download()[0], want);
 }
 
+TEST_F(Simt, HalfWarpMasksAndWarpReductions) {
+    DeviceBuffer<unsigned> out(4 * 64);
+    LAUNCH(simt_half_warp_kernel, 1, 64, 0, 0, out.ptr);
+    ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+    auto o = out.download();
+    for (int t = 0; t < 64; ++t) {
+        const unsigned lane = t % 32, first = lane < 16 ? 0 : 16;
+        unsigned sum = 0, mx = 0, ballot = 0;
+        int mn = INT_MAX;
+        for (unsigned l = first; l < first + 16; ++l) {
+            sum += l;
+            mx = std::max(mx, l * 7 % 23);
+            mn = std::min(mn, (int)l - 20);
+            if (l % 3 == 0) ballot |= 1u << l;
+        }
+        EXPECT_EQ(o[4 * t + 0], sum) << t;
+        EXPECT_EQ(o[4 * t + 1], mx) << t;
+        EXPECT_EQ((int)o[4 * t + 2], mn) << t;
+        EXPECT_EQ(o[4 * t + 3], ballot) << t;
+    }
+}
+
 TEST_F(Simt, SyncthreadsCountAndOr) {
     DeviceBuffer<int> out(3);
     LAUNCH(simt_block_vote_kernel, 1, 128, 0, 0, out.ptr, 77);
