@@ -604,7 +604,10 @@ class Specialisation {
     // mutual information between domain and expert.
     std::string text(int top_n = 8, const std::vector<std::string>& domain_names = {}) const {
         std::string s = "Expert specialisation (kept choices of the routing of " + std::to_string(tokens_.empty() ? 0 : tokens_[0]) +
-                        " tokens)\n";
+                        " tokens)\n"
+                        "  most often: the expert's most frequent characters, as a share of the expert's choices\n"
+                        "  largest share of: the characters of which this expert got the largest share of the layer's choices\n"
+                        "  (each token makes K choices, so without drops one expert holds at most 1/K of a character)\n";
         for (int l = 0; l < L_; l++) {
             long long layer_total = 0;
             std::vector<long long> char_total(chars_.vocab(), 0);
@@ -633,7 +636,7 @@ class Specialisation {
                         spec.push_back({v, (double)chars_.count(l, e, v) / (double)char_total[v]});
                 std::stable_sort(spec.begin(), spec.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
                 if (!spec.empty()) {
-                    s += "\n             owns most of:";
+                    s += "\n             largest share of:";
                     for (size_t i = 0; i < spec.size() && (int)i < std::min(top_n, 6); i++) {
                         char item[48];
                         snprintf(item, sizeof item, " %s %.0f%%", printable_char((unsigned char)vocab_[spec[i].first]).c_str(),
