@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -218,6 +219,10 @@ bool same_value(const std::string& a, const std::string& b) {
 
 enum class RunState { Done, Resume, Fresh };
 
+// One line per trainer invocation of a run: "<cpu seconds> <wall seconds>" (written by ablate).
+constexpr const char* kCpuFile = "ablate_time.txt";
+double g_invocation_cpu = 0;  // CPU seconds of the trainer processes this invocation started
+
 struct RunPlan {
     const RunSpec* spec;
     std::string dir;
@@ -367,7 +372,8 @@ std::vector<std::string> run_all(const Sweep& s, std::vector<RunPlan>& plans) {
         }
         if (active.empty()) break;
         int status = 0;
-        pid_t pid = waitpid(-1, &status, 0);
+        struct rusage ru {};
+        pid_t pid = wait4(-1, &status, 0, &ru);
         if (pid < 0) {
             if (errno == EINTR) continue;
             break;
@@ -376,6 +382,14 @@ std::vector<std::string> run_all(const Sweep& s, std::vector<RunPlan>& plans) {
         if (it == active.end()) continue;
         Active a = it->second;
         active.erase(it);
+        {  // the CPU time of this invocation of the trainer (the machine may be shared: wall time alone says little)
+            const double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6;
+            g_invocation_cpu += cpu;
+            if (FILE* f = fopen((a.plan->dir + "/" + kCpuFile).c_str(), "a")) {
+                fprintf(f, "%.3f %.3f\n", cpu, now_seconds() - a.start);
+                fclose(f);
+            }
+        }
         const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 && exists(a.plan->dir + "/summary.json");
         if (!ok && a.resumed && !retried.count(a.plan)) {
             // e.g. killed after the final checkpoint but before the summary: the trainer refuses to
@@ -413,6 +427,7 @@ struct Result {
     RunHistory h;
     std::map<std::string, double> m;  // summary_metrics over the last 10% of the log steps
     double val = NAN, best_val = NAN, tokens_per_s = NAN, wall = NAN, train_seconds = NAN;
+    double cpu_seconds = NAN, run_wall = NAN;  // summed over the run's trainer invocations (ablate_time.txt)
     long long params_total = 0, params_active = 0;
     bool moe = false;
     int E = 0;
@@ -447,6 +462,19 @@ Result load_result(const Sweep& s, const RunSpec& spec) {
     r.train_seconds = num("train_seconds");
     r.params_total = (long long)(std::isfinite(num("params_total")) ? num("params_total") : 0);
     r.params_active = (long long)(std::isfinite(num("params_active")) ? num("params_active") : 0);
+    bool timed = false;
+    std::string times = read_file(dir + "/" + kCpuFile, &timed);
+    if (timed) {
+        r.cpu_seconds = r.run_wall = 0;
+        double c = 0, w = 0;
+        for (const char* p = times.c_str(); sscanf(p, "%lf %lf", &c, &w) == 2;) {
+            r.cpu_seconds += c;
+            r.run_wall += w;
+            p = strchr(p, '\n');
+            if (!p) break;
+            p++;
+        }
+    }
     if (!r.h.load_metrics(dir + "/metrics.jsonl", e)) {
         fprintf(stderr, "ablate: %s\n", e.c_str());
         return r;
@@ -809,13 +837,25 @@ bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<st
           "throughput (" + std::to_string(s.jobs) + " runs at a time on this machine, each with " +
           (getenv("SIMT_THREADS") ? std::string(getenv("SIMT_THREADS")) : std::to_string(std::max(1, (int)std::thread::hardware_concurrency() / std::max(1, s.jobs)))) +
           " worker thread(s)); *params active* counts the parameters one token uses.\n\n";
-    double total_wall = 0;
-    int counted = 0;
-    for (const RunSpec& spec : specs)
-        if (res[spec.name].ok && std::isfinite(res[spec.name].wall)) total_wall += res[spec.name].wall, counted++;
-    md += "Time: " + std::to_string(counted) + " runs, " + human_duration(total_wall) + " of run time in total (the sum of the runs' wall times); ";
-    md += executed > 0 ? "this invocation trained " + std::to_string(executed) + " of them in " + human_duration(sweep_seconds) + " of wall time.\n\n"
-                       : "all runs were already complete when this file was written.\n\n";
+    double total_cpu = 0, total_run_wall = 0;
+    int counted = 0, timed = 0;
+    for (const RunSpec& spec : specs) {
+        const Result& r = res[spec.name];
+        if (!r.ok) continue;
+        counted++;
+        if (std::isfinite(r.cpu_seconds)) total_cpu += r.cpu_seconds, total_run_wall += r.run_wall, timed++;
+    }
+    const int cores = std::max(1, (int)std::thread::hardware_concurrency());
+    md += "Time: " + std::to_string(counted) + " runs. ";
+    if (timed > 0)
+        md += "The trainer processes of " + std::to_string(timed) + " of them used " + human_duration(total_cpu) +
+              " of CPU time in total (" + human_duration(total_run_wall) + " of run wall time, " + std::to_string(s.jobs) +
+              " runs at a time), which is " + human_duration(total_cpu / cores) + " of wall time on " + std::to_string(cores) +
+              " idle cores. ";
+    md += executed > 0 ? "This invocation of `ablate` trained " + std::to_string(executed) + " run(s) in " + human_duration(sweep_seconds) +
+                             " of wall time, in which its trainer processes kept " + fmt("%.2f", g_invocation_cpu / std::max(1e-9, sweep_seconds)) +
+                             " of the " + std::to_string(cores) + " cores busy on average.\n\n"
+                       : "All runs were already complete when this file was written.\n\n";
     if (std::isfinite(R.seed_delta))
         md += "Noise reference: the top-2 baseline trained again with seed " + std::to_string(s.seed + 1) +
               " (other initial weights, batches and router noise) ended " + fmt("%.3f", R.seed_delta) +
