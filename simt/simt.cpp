@@ -1135,7 +1135,7 @@ void worker_main(Worker* w, unsigned long long seen) {
             seen = p.generation;
             job = p.job;
             total = p.total_blocks;
-            n = (int)p.workers.size();
+            n = p.configured;
         }
         run_share(w, *job, total, n);
         {
@@ -1161,7 +1161,7 @@ void configure_pool(int n) {
         p.workers.push_back(std::make_unique<Worker>());
         p.workers.back()->index = (int)p.workers.size() - 1;
     }
-    p.workers.resize(n);
+    // Workers beyond n are kept (idle) with their stacks, for the next time the count goes up.
     for (int i = 1; i < n; ++i) p.threads.emplace_back(worker_main, p.workers[i].get(), p.generation);
     p.configured = n;
 }
@@ -1238,7 +1238,7 @@ void run_launch(const Launch& L) {
     Pool& p = pool();
     const unsigned long long total = (unsigned long long)L.grid.x * L.grid.y * L.grid.z;
     p.grid_failed.store(false);
-    const int n = (int)p.workers.size();
+    const int n = p.configured;
     if (n > 1 && total > 1) {
         {
             std::lock_guard<std::mutex> lock(p.mutex);
@@ -1257,8 +1257,10 @@ void run_launch(const Launch& L) {
     if (p.grid_failed.load()) {
         // Report the failure of the lowest-numbered failed block (deterministic for any worker count).
         Worker* first = nullptr;
-        for (auto& w : p.workers)
-            if (w->failed && (first == nullptr || w->block < first->block)) first = w.get();
+        for (int i = 0; i < n; ++i) {
+            Worker* w = p.workers[i].get();
+            if (w->failed && (first == nullptr || w->block < first->block)) first = w;
+        }
         for (auto& w : p.workers) w->failed = false;
         if (first != nullptr) report(cudaErrorLaunchFailure, first->error, /*async=*/true);
     }
@@ -1271,7 +1273,7 @@ void set_worker_threads(int n) {
 }
 int worker_threads() {
     detail::ensure_pool();
-    return (int)detail::pool().workers.size();
+    return detail::pool().configured;
 }
 void set_shuffle(unsigned long long seed) {
     detail::g_shuffle_init = true;
@@ -1850,8 +1852,7 @@ extern "C" curandStatus_t curandDestroyGenerator(curandGenerator_t generator) {
 }
 extern "C" curandStatus_t curandSetPseudoRandomGeneratorSeed(curandGenerator_t generator, unsigned long long seed) {
     if (generator == nullptr) return CURAND_STATUS_NOT_INITIALIZED;
-    generator->seed = seed;
-    generator->offset = 0;
+    generator->seed = seed;  // like libcurand, the stream position (offset) is kept
     return CURAND_STATUS_SUCCESS;
 }
 extern "C" curandStatus_t curandSetGeneratorOffset(curandGenerator_t generator, unsigned long long offset) {
