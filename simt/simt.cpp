@@ -842,38 +842,37 @@ bool resolve_warp(Worker* w, int warp) {
         Fiber& f = F[lane];
         if (f.state != kWarp) continue;
         const unsigned M = f.mask & exist;
-        const char* name = op_name(kWarp, f.op);
         if (!((M >> lane) & 1u)) {
             fail_block(w, format("simt: warp divergence in kernel '%s' %s: lane %d calls %s at %s:%u with mask 0x%08x "
                                  "that does not include itself",
-                                 w->launch->name, block_string(*w).c_str(), lane, name, clean_path(f.site.file_name()),
-                                 (unsigned)f.site.line(), f.mask));
+                                 w->launch->name, block_string(*w).c_str(), lane, op_name(kWarp, f.op),
+                                 clean_path(f.site.file_name()), (unsigned)f.site.line(), f.mask));
             return false;
         }
-        bool complete = true;
+        // One pass over the lanes the mask names: any exited (error), all arrived, all at the same
+        // operation (same kind, mask and call site; __syncwarp may differ in call site).
+        bool complete = true, same = true;
+        const bool any_site = (WarpOp)f.op == WarpOp::Sync;
         for (unsigned bits = M; bits; bits &= bits - 1) {
-            int j = __builtin_ctz(bits);
-            if (F[j].state == kDone) {
+            const Fiber& g = F[__builtin_ctz(bits)];
+            if (g.state == kDone) {
                 fail_block(w, format("simt: warp divergence in kernel '%s' %s warp %d: %s at %s:%u with mask 0x%08x "
                                      "names lane %d, which has exited (%s)",
-                                     w->launch->name, block_string(*w).c_str(), warp, name, clean_path(f.site.file_name()),
-                                     (unsigned)f.site.line(), f.mask, j, describe_threads(w, base, lanes).c_str()));
+                                     w->launch->name, block_string(*w).c_str(), warp, op_name(kWarp, f.op),
+                                     clean_path(f.site.file_name()), (unsigned)f.site.line(), f.mask,
+                                     __builtin_ctz(bits), describe_threads(w, base, lanes).c_str()));
                 return false;
             }
-            if (F[j].state != kWarp) complete = false;
+            if (g.state != kWarp) complete = false;
+            else same = same && g.op == f.op && (g.mask & exist) == M && (any_site || same_site(g.site, f.site));
         }
         if (!complete) continue;
-        for (unsigned bits = M; bits; bits &= bits - 1) {
-            int j = __builtin_ctz(bits);
-            bool same = F[j].op == f.op && (F[j].mask & exist) == M &&
-                        ((WarpOp)f.op == WarpOp::Sync || same_site(F[j].site, f.site));
-            if (!same) {
-                fail_block(w, format("simt: warp divergence in kernel '%s' %s warp %d: lanes of mask 0x%08x are at "
-                                     "different warp operations: %s",
-                                     w->launch->name, block_string(*w).c_str(), warp, f.mask,
-                                     describe_threads(w, base, lanes).c_str()));
-                return false;
-            }
+        if (!same) {
+            fail_block(w, format("simt: warp divergence in kernel '%s' %s warp %d: lanes of mask 0x%08x are at "
+                                 "different warp operations: %s",
+                                 w->launch->name, block_string(*w).c_str(), warp, f.mask,
+                                 describe_threads(w, base, lanes).c_str()));
+            return false;
         }
         // Everyone is here: exchange.
         const WarpOp op = (WarpOp)f.op;
@@ -930,7 +929,7 @@ bool resolve_warp(Worker* w, int warp) {
             if (width < 1 || width > 32 || (width & (width - 1)) != 0) {
                 fail_block(w, format("simt: invalid width %d for %s at %s:%u in kernel '%s' (must be a power of 2 "
                                      "<= 32)",
-                                     width, name, clean_path(f.site.file_name()), (unsigned)f.site.line(), w->launch->name));
+                                     width, op_name(kWarp, f.op), clean_path(f.site.file_name()), (unsigned)f.site.line(), w->launch->name));
                 return false;
             }
         }
