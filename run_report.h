@@ -453,7 +453,7 @@ inline plot::Figure expert_grad_norm_figure(const RunHistory& h) {
         ax.xlabel = "step";
         ax.ylabel = "||grad|| of the expert (4 tensors)";
         ax.log_y = true;
-        ax.legend = E <= 10;
+        ax.legend = l == 0 && E <= 10;  // the colours are the same in every panel: one legend is enough
         for (int e = 0; e < E; e++) {
             plot::Series s;
             s.name = "expert " + std::to_string(e);
@@ -471,8 +471,9 @@ inline plot::Figure expert_grad_norm_figure(const RunHistory& h) {
         panels.push_back(std::move(ax));
     }
     std::string title = "Expert gradient norms (before clipping)";
+    if (L > 1 && E <= 10) title += ", colours as in the legend of layer 0";
     if (any_zero) title += "; 0 = no tokens, drawn at " + plot::format_number(floor_value, 2 + (int)std::max(0.0, -std::floor(std::log10(floor_value))));
-    return plot::grid_figure(title, panels, std::min(L, 2), 720, 440);
+    return plot::grid_figure(title, panels, std::min(L, 2), 720, 500);
 }
 
 // Tokens per expert at the last log step: routed (before capacity) and kept (after), one panel per

@@ -31,6 +31,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -124,15 +125,21 @@ std::vector<RunSpec> study(const Sweep& s) {
 struct Experiment {
     std::string key, title;
     std::vector<std::string> runs;
+    std::map<std::string, std::string> alias;  // legend names of runs in this experiment's plots
+    std::string name_of(const std::string& run) const {
+        auto it = alias.find(run);
+        return it == alias.end() ? run : it->second;
+    }
 };
 
 std::vector<Experiment> experiments() {
-    return {{"dense_vs_moe", "Dense versus MoE", {"dense-active", "top1", "top2", "dense-total"}},
-            {"aux", "Load-balancing loss off versus on (router noise off in both)", {"aux-off", "noise-off"}},
-            {"capacity", "Capacity factor", {"cf0.5", "cf1.0", "top2", "cf2.0", "cf-unlimited"}},
-            {"shared", "Shared expert versus none, at equal active compute", {"top2", "shared"}},
-            {"noise", "Router noise on versus off", {"top2", "noise-off"}},
-            {"zloss", "Router z-loss on versus off", {"top2", "z-off"}}};
+    return {{"dense_vs_moe", "Dense versus MoE", {"dense-active", "top1", "top2", "dense-total"}, {}},
+            {"aux", "Load-balancing loss off versus on (router noise off in both)", {"aux-off", "noise-off"},
+             {{"aux-off", "aux off (aux-off)"}, {"noise-off", "aux on (noise-off)"}}},
+            {"capacity", "Capacity factor", {"cf0.5", "cf1.0", "top2", "cf2.0", "cf-unlimited"}, {{"top2", "cf1.25 (top2)"}}},
+            {"shared", "Shared expert versus none, at equal active compute", {"top2", "shared"}, {}},
+            {"noise", "Router noise on versus off", {"top2", "noise-off"}, {{"top2", "noise on (top2)"}, {"noise-off", "noise off (noise-off)"}}},
+            {"zloss", "Router z-loss on versus off", {"top2", "z-off"}, {{"top2", "z-loss on (top2)"}, {"z-off", "z-loss off (z-off)"}}}};
 }
 
 std::map<std::string, std::string> run_flags(const Sweep& s, const RunSpec& r) {
@@ -222,6 +229,8 @@ enum class RunState { Done, Resume, Fresh };
 // One line per trainer invocation of a run: "<cpu seconds> <wall seconds>" (written by ablate).
 constexpr const char* kCpuFile = "ablate_time.txt";
 double g_invocation_cpu = 0;  // CPU seconds of the trainer processes this invocation started
+// One line per invocation of ablate that trained runs: "<unix time> <runs trained> <wall seconds> <cpu seconds>".
+constexpr const char* kSweepFile = "sweep_history.txt";
 
 struct RunPlan {
     const RunSpec* spec;
@@ -434,6 +443,9 @@ struct Result {
     double max_grad_norm = NAN;  // largest pre-clip gradient norm after warmup
     std::vector<std::vector<double>> tail_load;  // per layer, tokens routed per expert, mean over the tail
     int starved = 0;  // experts (all layers) whose tail load is below a tenth of the uniform load
+    double tokens_per_cpu_s = NAN;  // tokens trained / CPU seconds of the trainer processes (eval and sampling included)
+    // tokens per CPU-second when the CPU time is known (steady on a shared machine), else the trainer's tokens/s
+    double throughput() const { return std::isfinite(tokens_per_cpu_s) ? tokens_per_cpu_s : tokens_per_s; }
     double get(const std::string& k) const {
         auto it = m.find(k);
         return it == m.end() ? NAN : it->second;
@@ -482,6 +494,7 @@ Result load_result(const Sweep& s, const RunSpec& spec) {
     if (r.params_total == 0) r.params_total = r.h.params_total;
     if (r.params_active == 0) r.params_active = r.h.params_active;
     for (const auto& [k, x] : summary_metrics(r.h, kTail)) r.m[k] = x;
+    if (r.cpu_seconds > 0) r.tokens_per_cpu_s = (double)s.steps * s.batch * s.block / r.cpu_seconds;
     r.moe = r.h.moe_layers() > 0;
     r.E = r.h.experts();
     // tail loads, starved experts, the largest gradient norm after warmup
@@ -528,7 +541,8 @@ std::pair<std::vector<double>, std::vector<double>> smoothed_ce(const RunHistory
     return {out_x, out_y};
 }
 
-plot::Figure loss_overlay(const std::string& title, const std::vector<const Result*>& runs, int log_every) {
+plot::Figure loss_overlay(const std::string& title, const std::vector<const Result*>& runs, const std::vector<std::string>& names,
+                          int log_every) {
     std::vector<plot::Axes> panels(2);
     panels[0].title = "train cross-entropy (moving average over " + std::to_string(11 * log_every) + " steps)";
     panels[1].title = "validation loss";
@@ -541,7 +555,7 @@ plot::Figure loss_overlay(const std::string& title, const std::vector<const Resu
     for (size_t i = 0; i < runs.size(); i++) {
         const Result& r = *runs[i];
         plot::Series t, v;
-        t.name = v.name = r.spec->name;
+        t.name = v.name = names[i];
         t.color = v.color = (int)i;
         t.width = 1.8;
         v.markers = true;
@@ -571,7 +585,7 @@ plot::Figure loss_overlay(const std::string& title, const std::vector<const Resu
 }
 
 // Tokens routed per expert (mean over the last 10% of the log steps): one panel per layer and run.
-plot::Figure load_histograms(const std::string& title, const std::vector<const Result*>& runs) {
+plot::Figure load_histograms(const std::string& title, const std::vector<const Result*>& runs, const std::vector<std::string>& names) {
     std::vector<plot::Axes> panels;
     int L = 0;
     for (const Result* r : runs) L = std::max(L, (int)r->tail_load.size());
@@ -585,7 +599,7 @@ plot::Figure load_histograms(const std::string& title, const std::vector<const R
             const double uniform = total / std::max(1, r.E);
             double mx = 0;
             for (double x : r.tail_load[l]) mx = std::max(mx, x);
-            plot::Axes ax = plot::bar_axes(r.spec->name + ", layer " + std::to_string(l) + ": max/mean " + fmt("%.2f", mx / uniform),
+            plot::Axes ax = plot::bar_axes(names[i] + ", layer " + std::to_string(l) + ": max/mean " + fmt("%.2f", mx / uniform),
                                            cats, r.tail_load[l], "expert", "tokens routed per step", uniform,
                                            "uniform N*K/E = " + fmt("%.0f", uniform), (int)i);
             panels.push_back(std::move(ax));
@@ -598,9 +612,9 @@ plot::Figure load_histograms(const std::string& title, const std::vector<const R
     return plot::grid_figure(title, panels, (int)runs.size(), 560, 360);
 }
 
-// One metric of every layer over time, for several runs (series "run, layer l").
+// One metric over time for several runs: of MoE layer `layer`, or the mean of the layers (layer < 0).
 plot::Axes metric_over_time(const std::string& title, const std::string& ylabel, const std::vector<const Result*>& runs,
-                            double (*metric)(const MoeStats&), bool mean_over_layers) {
+                            const std::vector<std::string>& names, double (*metric)(const MoeStats&), int layer) {
     plot::Axes ax;
     ax.title = title;
     ax.xlabel = "step";
@@ -608,25 +622,22 @@ plot::Axes metric_over_time(const std::string& title, const std::string& ylabel,
     for (size_t i = 0; i < runs.size(); i++) {
         const Result& r = *runs[i];
         const int L = r.h.moe_layers();
-        for (int l = 0; l < (mean_over_layers ? 1 : L); l++) {
-            plot::Series sr;
-            sr.name = r.spec->name + (mean_over_layers ? "" : ", layer " + std::to_string(l));
-            sr.color = (int)i;
-            sr.dashed = !mean_over_layers && l % 2 == 1;
-            sr.width = 1.6;
-            for (const StepRecord& rec : r.h.records) {
-                if ((int)rec.moe.size() != L || L == 0) continue;
-                double y = 0;
-                if (mean_over_layers) {
-                    for (const MoeStats& st : rec.moe) y += metric(st) / L;
-                } else {
-                    y = metric(rec.moe[l]);
-                }
-                sr.x.push_back((double)rec.step);
-                sr.y.push_back(y);
+        plot::Series sr;
+        sr.name = names[i];
+        sr.color = (int)i;
+        sr.width = 1.6;
+        for (const StepRecord& rec : r.h.records) {
+            if ((int)rec.moe.size() != L || L == 0 || layer >= L) continue;
+            double y = 0;
+            if (layer < 0) {
+                for (const MoeStats& st : rec.moe) y += metric(st) / L;
+            } else {
+                y = metric(rec.moe[layer]);
             }
-            ax.series.push_back(std::move(sr));
+            sr.x.push_back((double)rec.step);
+            sr.y.push_back(y);
         }
+        ax.series.push_back(std::move(sr));
     }
     return ax;
 }
@@ -695,19 +706,20 @@ struct Report {
 
 std::string table(const Sweep& s, const std::vector<RunSpec>& specs, std::map<std::string, Result>& res) {
     std::string t =
-        "| run | configuration | train CE | val loss | drop rate | load imbalance | router entropy | tokens/s | params total | params active |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        "| run | configuration | train CE | val loss | drop rate | load imbalance | router entropy | tokens/s | tokens/CPU-s | params total | params active |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for (const RunSpec& spec : specs) {
         const Result& r = res[spec.name];
         if (!r.ok) {
-            t += "| " + spec.name + " | " + spec.label + " | missing | | | | | | | |\n";
+            t += "| " + spec.name + " | " + spec.label + " | missing | | | | | | | | |\n";
             continue;
         }
         const bool moe = r.moe;
         t += "| " + spec.name + " | " + spec.label + " | " + f4(r.get("final_train_ce")) + " | " + f4(r.val) + " | " +
              (moe ? pct(r.get("drop_rate")) : "-") + " | " + (moe ? f2(r.get("load_imbalance")) : "-") + " | " +
              (moe ? fmt("%.3f", r.get("router_entropy")) + " (" + fmt("%.0f%%", 100 * r.get("router_entropy_ratio")) + ")" : "-") +
-             " | " + fmt("%.0f", r.tokens_per_s) + " | " + human_count((double)r.params_total) + " | " +
+             " | " + fmt("%.0f", r.tokens_per_s) + " | " + (std::isfinite(r.tokens_per_cpu_s) ? fmt("%.0f", r.tokens_per_cpu_s) : "n/a") +
+             " | " + human_count((double)r.params_total) + " | " +
              human_count((double)r.params_active) + " |\n";
     }
     (void)s;
@@ -730,9 +742,11 @@ std::string experiment_text(const Report& R, const Experiment& x) {
         std::sort(order.begin(), order.end(), [](const Result* a, const Result* b) { return a->val < b->val; });
         t += "Ordered by validation loss: ";
         for (size_t i = 0; i < order.size(); i++) t += (i ? " < " : "") + order[i]->spec->name + " (" + f4(order[i]->val) + ")";
-        t += ". Throughput: top-2 " + fmt("%.0f", t2->tokens_per_s) + " tokens/s, dense-active " + fmt("%.0f", da->tokens_per_s) +
-             ", dense-total " + fmt("%.0f", dt->tokens_per_s) + ": top-2 trained at " + fmt("%.2f", t2->tokens_per_s / da->tokens_per_s) +
-             "x the speed of dense-active and " + fmt("%.2f", t2->tokens_per_s / dt->tokens_per_s) + "x that of dense-total.\n";
+        const std::string unit = std::isfinite(t2->tokens_per_cpu_s) ? " tokens per CPU-second" : " tokens/s";
+        t += ". Throughput: top-2 " + fmt("%.0f", t2->throughput()) + unit + ", dense-active " + fmt("%.0f", da->throughput()) +
+             ", dense-total " + fmt("%.0f", dt->throughput()) + ", top-1 " + fmt("%.0f", t1->throughput()) + ": top-2 trained at " +
+             fmt("%.2f", t2->throughput() / da->throughput()) + "x the speed of dense-active and " +
+             fmt("%.2f", t2->throughput() / dt->throughput()) + "x that of dense-total.\n";
     } else if (x.key == "aux") {
         const Result *off = g("aux-off"), *on = g("noise-off");
         if (!off || !on) return "Some runs of this experiment are missing.\n";
@@ -751,7 +765,7 @@ std::string experiment_text(const Report& R, const Experiment& x) {
     } else if (x.key == "capacity") {
         std::vector<std::pair<std::string, std::string>> cf = {
             {"cf0.5", "0.5"}, {"cf1.0", "1.0"}, {"top2", "1.25"}, {"cf2.0", "2.0"}, {"cf-unlimited", "unlimited"}};
-        std::string drops, vals;
+        std::string drops, vals, speeds;
         const Result* best = nullptr;
         std::string best_cf;
         for (const auto& [n, label] : cf) {
@@ -759,13 +773,16 @@ std::string experiment_text(const Report& R, const Experiment& x) {
             if (!r) return "Some runs of this experiment are missing.\n";
             drops += (drops.empty() ? "" : ", ") + label + ": " + pct(r->get("drop_rate"));
             vals += (vals.empty() ? "" : ", ") + label + ": " + f4(r->val);
+            speeds += (speeds.empty() ? "" : ", ") + label + ": " + fmt("%.0f", r->throughput());
             if (!best || r->val < best->val) best = r, best_cf = label;
         }
         const Result *lo = g("cf0.5"), *un = g("cf-unlimited");
         t += "Drop rate by capacity factor (mean of the last 10% of steps): " + drops + ". Validation loss: " + vals + ". ";
         t += "The lowest validation loss was at capacity factor " + best_cf + "; capacity 0.5 ended " + signed3(lo->val - un->val) +
              " nats from unlimited capacity (" + lower_higher(lo->val, un->val) + R.noise_note(lo->val - un->val) + "), having dropped " + pct(lo->get("drop_rate")) +
-             " of its choices (" + fmt("%.1f", lo->get("tokens_all_dropped")) + " tokens per step lost both choices and rode the residual alone).\n";
+             " of its choices (" + fmt("%.1f", lo->get("tokens_all_dropped")) + " tokens per step lost both choices and rode the residual alone). Throughput (" +
+             (std::isfinite(lo->tokens_per_cpu_s) ? "tokens per CPU-second" : "tokens/s") + ") by capacity factor: " + speeds +
+             " (the expert buffers, and the expert GEMMs over them, hold E x capacity rows; unlimited capacity is N rows per expert).\n";
     } else if (x.key == "shared") {
         const Result *t2 = g("top2"), *sh = g("shared");
         if (!t2 || !sh) return "Some runs of this experiment are missing.\n";
@@ -773,8 +790,8 @@ std::string experiment_text(const Report& R, const Experiment& x) {
              human_count((double)sh->params_active) + " vs " + human_count((double)t2->params_active) + " active parameters, " +
              human_count((double)sh->params_total) + " vs " + human_count((double)t2->params_total) + " in total. ";
         t += "Routed-expert drop rate " + pct(sh->get("drop_rate")) + " vs " + pct(t2->get("drop_rate")) + ", load imbalance " +
-             f2(sh->get("load_imbalance")) + " vs " + f2(t2->get("load_imbalance")) + "; throughput " + fmt("%.0f", sh->tokens_per_s) +
-             " vs " + fmt("%.0f", t2->tokens_per_s) + " tokens/s.\n";
+             f2(sh->get("load_imbalance")) + " vs " + f2(t2->get("load_imbalance")) + "; throughput " + fmt("%.0f", sh->throughput()) +
+             " vs " + fmt("%.0f", t2->throughput()) + (std::isfinite(t2->tokens_per_cpu_s) ? " tokens per CPU-second.\n" : " tokens/s.\n");
     } else if (x.key == "noise") {
         const Result *on = g("top2"), *off = g("noise-off");
         if (!on || !off) return "Some runs of this experiment are missing.\n";
@@ -799,8 +816,7 @@ double lse_rms(const MoeStats& s) { return std::sqrt(std::max(0.0, s.z)); }
 double entropy_of(const MoeStats& s) { return s.router_entropy; }
 double imbalance_of(const MoeStats& s) { return s.load_imbalance; }
 
-bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<std::string, Result>& res, double sweep_seconds,
-                  int executed) {
+bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<std::string, Result>& res) {
     Report R{s, res};
     if (R.get("top2") && R.get("top2-seed2")) R.seed_delta = std::fabs(R.get("top2")->val - R.get("top2-seed2")->val);
     std::vector<std::string> pngs;
@@ -834,7 +850,9 @@ bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<st
           "noisy); *val loss* the final validation loss; *drop rate* (dropped choices / N*K), *load imbalance* (max / mean tokens "
           "routed per expert, before capacity) and *router entropy* (mean over tokens of H(p), nats, and as a share of ln E) are "
           "means over the MoE layers and over the log steps of the last 10% of the run; *tokens/s* is the trainer's training "
-          "throughput (" + std::to_string(s.jobs) + " runs at a time on this machine, each with " +
+          "throughput in wall time, which depends on what else the machine was doing; *tokens/CPU-s* is the tokens trained per "
+          "second of CPU time of the trainer process, evaluation, sampling and checkpoints included (steadier on a shared machine; "
+          + std::to_string(s.jobs) + " runs at a time, each with " +
           (getenv("SIMT_THREADS") ? std::string(getenv("SIMT_THREADS")) : std::to_string(std::max(1, (int)std::thread::hardware_concurrency() / std::max(1, s.jobs)))) +
           " worker thread(s)); *params active* counts the parameters one token uses.\n\n";
     double total_cpu = 0, total_run_wall = 0;
@@ -852,10 +870,28 @@ bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<st
               " of CPU time in total (" + human_duration(total_run_wall) + " of run wall time, " + std::to_string(s.jobs) +
               " runs at a time), which is " + human_duration(total_cpu / cores) + " of wall time on " + std::to_string(cores) +
               " idle cores. ";
-    md += executed > 0 ? "This invocation of `ablate` trained " + std::to_string(executed) + " run(s) in " + human_duration(sweep_seconds) +
-                             " of wall time, in which its trainer processes kept " + fmt("%.2f", g_invocation_cpu / std::max(1e-9, sweep_seconds)) +
-                             " of the " + std::to_string(cores) + " cores busy on average.\n\n"
-                       : "All runs were already complete when this file was written.\n\n";
+    // every invocation of ablate that trained runs (sweep_history.txt): the sweep's wall time, even when interrupted and resumed
+    {
+        bool have = false;
+        std::string hist = read_file(s.runs_dir + "/" + kSweepFile, &have);
+        double wall = 0, cpu = 0;
+        int invocations = 0, trained = 0;
+        long long when = 0;
+        int n = 0;
+        double w = 0, c = 0;
+        for (const char* p = hist.c_str(); have && sscanf(p, "%lld %d %lf %lf", &when, &n, &w, &c) == 4;) {
+            invocations++, trained += n, wall += w, cpu += c;
+            p = strchr(p, '\n');
+            if (!p) break;
+            p++;
+        }
+        if (invocations > 0)
+            md += "Sweep wall time: " + human_duration(wall) + " (" + std::to_string(invocations) + " invocation(s) of `ablate` that trained " +
+                  std::to_string(trained) + " run(s)), during which the trainer processes kept " + fmt("%.2f", cpu / std::max(1e-9, wall)) +
+                  " of the " + std::to_string(cores) + " cores busy on average.\n\n";
+        else
+            md += "\n\n";
+    }
     if (std::isfinite(R.seed_delta))
         md += "Noise reference: the top-2 baseline trained again with seed " + std::to_string(s.seed + 1) +
               " (other initial weights, batches and router noise) ended " + fmt("%.3f", R.seed_delta) +
@@ -866,21 +902,31 @@ bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<st
     for (const Experiment& x : experiments()) {
         md += "## " + x.title + "\n\n";
         std::vector<const Result*> runs = runs_of(x.runs);
+        std::vector<std::string> names;
+        for (const Result* r : runs) names.push_back(x.name_of(r->spec->name));
         if (!runs.empty()) {
             std::string name = "loss_" + x.key + ".png";
-            save(loss_overlay(x.title + ": loss curves", runs, s.log_every), name);
+            save(loss_overlay(x.title + ": loss curves", runs, names, s.log_every), name);
             md += "![" + x.title + " loss curves](" + name + ")\n\n";
         }
         if (x.key == "aux" && runs.size() == 2) {
-            save(load_histograms("Tokens routed per expert (mean of the last 10% of steps): aux loss off vs on", runs), "load_aux.png");
+            save(load_histograms("Tokens routed per expert (mean of the last 10% of steps): aux loss off vs on", runs, names),
+                 "load_aux.png");
             md += "![load histograms, aux off vs on](load_aux.png)\n\n";
-            std::vector<plot::Axes> p = {
-                metric_over_time("router entropy (nats)", "mean H(p)", runs, entropy_of, false),
-                metric_over_time("load imbalance (before capacity)", "max / mean tokens per expert", runs, imbalance_of, false)};
-            p[0].hlines.push_back(plot::RefLine{std::log((double)runs[0]->E), "ln E (uniform)", plot::rgb(120, 120, 120), true});
-            p[0].ymin = 0;
-            p[1].hlines.push_back(plot::RefLine{1.0, "1 (balanced)", plot::rgb(120, 120, 120), true});
-            save(plot::grid_figure("Routing over time, aux loss off vs on (dashed: layer 1)", p, 2, 700, 440), "routing_aux.png");
+            std::vector<plot::Axes> p;
+            const int L = runs[0]->h.moe_layers();
+            for (int l = 0; l < L; l++) {
+                p.push_back(metric_over_time("router entropy, layer " + std::to_string(l), "mean H(p) (nats)", runs, names, entropy_of, l));
+                p.back().hlines.push_back(plot::RefLine{std::log((double)runs[0]->E), "ln E (uniform)", plot::rgb(120, 120, 120), true});
+                p.back().ymin = 0;
+                p.back().ymax = std::log((double)runs[0]->E) * 1.15;
+            }
+            for (int l = 0; l < L; l++) {
+                p.push_back(metric_over_time("load imbalance (before capacity), layer " + std::to_string(l), "max / mean tokens per expert",
+                                             runs, names, imbalance_of, l));
+                p.back().hlines.push_back(plot::RefLine{1.0, "1 (balanced)", plot::rgb(120, 120, 120), true});
+            }
+            save(plot::grid_figure("Routing over time, aux loss off vs on", p, std::max(1, L), 700, 400), "routing_aux.png");
             md += "![routing over time, aux off vs on](routing_aux.png)\n\n";
         }
         if (x.key == "capacity" && runs.size() == x.runs.size()) {
@@ -889,8 +935,11 @@ bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<st
         }
         if (x.key == "zloss" && !runs.empty()) {
             std::vector<const Result*> zr = runs_of({"top2", "z-off", "noise-off"});
+            std::vector<std::string> zn;
+            for (const Result* r : zr)
+                zn.push_back(r->spec->name == "top2" ? "z on, noise on (top2)" : r->spec->name == "z-off" ? "z off, noise on (z-off)" : "z on, noise off (noise-off)");
             std::vector<plot::Axes> p = {metric_over_time("RMS logsumexp of the router logits (sqrt z), mean of the layers",
-                                                          "sqrt(z)", zr, lse_rms, true)};
+                                                          "sqrt(z)", zr, zn, lse_rms, -1)};
             plot::Axes gn;
             gn.title = "gradient norm before clipping";
             gn.xlabel = "step";
@@ -898,7 +947,7 @@ bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<st
             gn.log_y = true;
             for (size_t i = 0; i < zr.size(); i++) {
                 plot::Series sr;
-                sr.name = zr[i]->spec->name;
+                sr.name = zn[i];
                 sr.color = (int)i;
                 sr.width = 1.3;
                 for (const StepRecord& rec : zr[i]->h.records)
@@ -1029,12 +1078,17 @@ int main(int argc, char** argv) {
         }
     }
     const double sweep_seconds = now_seconds() - sweep_start;
+    if (executed > 0 && !s.report_only && !s.dry_run)
+        if (FILE* f = fopen((s.runs_dir + "/" + kSweepFile).c_str(), "a")) {
+            fprintf(f, "%lld %d %.3f %.3f\n", (long long)time(nullptr), executed, sweep_seconds, g_invocation_cpu);
+            fclose(f);
+        }
 
     std::map<std::string, Result> results;
     for (const RunSpec& spec : specs) results[spec.name] = load_result(s, spec);
     std::error_code ec;
     std::filesystem::create_directories(s.out_dir, ec);
-    if (!write_report(s, specs, results, sweep_seconds, executed)) {
+    if (!write_report(s, specs, results)) {
         fprintf(stderr, "ablate: cannot write %s/README.md\n", s.out_dir.c_str());
         return 1;
     }
