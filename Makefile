@@ -91,7 +91,7 @@ test-asan: $(BUILD)/asan/run_tests
 # ---------------------------------------------------------------- GPU build (nvcc)
 train_moe: train_moe.cu $(HEADERS)
 	@if [ -z "$(NVCC)" ]; then echo "nvcc not found: install the CUDA toolkit to build the GPU binary"; exit 2; fi
-	$(NVCC) $(NVCC_FLAGS) -x cu $< -o $@ -lcublas -lcurand
+	$(NVCC) $(NVCC_FLAGS) -x cu $< -o $@ -lcublas -lcurand -lstb
 
 # every CUDA source through nvcc, so a kernel that only g++ accepts fails the suite
 NVCC_OBJS := $(BUILD)/nvcc/train_moe.o $(patsubst tests/%.cu,$(BUILD)/nvcc/tests/%.o,$(wildcard tests/*.cu))

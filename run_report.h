@@ -695,7 +695,10 @@ class Specialisation {
                 for (int d = 0; d < tables_[l].domains(); d++) {
                     if (d) j += ",";
                     j += "[";
-                    for (int e = 0; e < E_; e++) j += (e ? "," : "") + json::number(std::round(sh[(size_t)d * E_ + e] * 1e4) / 1e4);
+                    for (int e = 0; e < E_; e++) {
+                        if (e) j += ",";
+                        j += json::number(std::round(sh[(size_t)d * E_ + e] * 1e4) / 1e4);
+                    }
                     j += "]";
                 }
                 j += "]";
