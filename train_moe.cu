@@ -89,7 +89,14 @@ Backend detect_backend() {
         b.description = std::string("gpu (") + prop.name + ")";
     }
 #else
-    b.description = "cpu (SIMT execution layer)";
+    // The kernels' blocks run on the SIMT layer's worker threads, the GEMMs on OpenBLAS. One worker
+    // per core (up to 4) with single-threaded OpenBLAS trains faster than one worker with OpenBLAS
+    // on every core (README, "Speed": measured on 2 cores only) and gives the same bits: no kernel
+    // depends on the worker count. SIMT_THREADS / OPENBLAS_NUM_THREADS override either choice.
+    if (!getenv("SIMT_THREADS")) simt::set_worker_threads(std::min(simt::available_cpus(), 4));
+    if (!getenv("OPENBLAS_NUM_THREADS")) simt::set_blas_threads(1);
+    const int workers = simt::worker_threads();
+    b.description = "cpu (SIMT execution layer, " + std::to_string(workers) + " worker thread" + (workers == 1 ? ")" : "s)");
 #endif
     return b;
 }

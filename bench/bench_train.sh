@@ -16,7 +16,6 @@ for spec in "dense (F=4C):--experts 0" "MoE 8 experts top-2 (F=2C):--experts 8 -
     ./train_moe_cpu $flags --steps "$STEPS" --log-every 10 --eval-every 0 --eval-batches 1 --sample-every 0 \
         --checkpoint-every 0 --plots 0 --out "$out/$(echo "$name" | tr -c 'a-zA-Z0-9' _)" > "$out/log.txt" 2>&1 \
         || { echo "bench_train: the run '$name' failed:"; tail -5 "$out/log.txt"; exit 1; }
-    run=$(ls -d "$out"/*/ | tail -n 1)
     # skip the first logged window (warm-up: page faults, OpenBLAS buffers)
     ms=$(grep -o '"ms_per_step": *[0-9.]*' "$out/$(echo "$name" | tr -c 'a-zA-Z0-9' _)/metrics.jsonl" | tail -n +2 | grep -o '[0-9.]*$' | median)
     tps=$(awk -v ms="$ms" 'BEGIN {printf "%.0f", 12 * 64 * 1000 / ms}')

@@ -8,6 +8,7 @@
 #include "simt/simt.h"
 
 #include <cblas.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -1273,6 +1274,12 @@ void set_worker_threads(int n) {
 int worker_threads() {
     detail::ensure_pool();
     return detail::pool().configured;
+}
+void set_blas_threads(int n) { openblas_set_num_threads(n < 1 ? 1 : n); }
+int available_cpus() {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+    return std::max(1u, std::thread::hardware_concurrency());
 }
 void set_shuffle(unsigned long long seed) {
     detail::g_shuffle_init = true;

@@ -162,6 +162,10 @@ inline constexpr size_t kMaxDynamicSharedOptin = 163 * 1024;
 // Number of OS threads that run blocks (default: env SIMT_THREADS, else 1).
 void set_worker_threads(int n);
 int worker_threads();
+// Threads OpenBLAS uses for the forwarded cuBLAS calls (its own default: every core, or env
+// OPENBLAS_NUM_THREADS), and the CPUs this process may run on (its affinity mask).
+void set_blas_threads(int n);
+int available_cpus();
 // Shuffled mode (0 = off; default: env SIMT_SHUFFLE): the run order of a block's threads, at the
 // start and after every barrier, is a permutation seeded by (seed, block index).
 void set_shuffle(unsigned long long seed);
