@@ -1,4 +1,15 @@
 // common.cuh: error checks and small helpers shared by every layer header.
+//
+// Conventions of every kernel header:
+//   - tensors are row-major with their shape in a comment beside the pointer; weights are [out, in]
+//     and a linear layer computes out = inp W^T + b (cuBLAS is column-major: each call is issued as
+//     the transposed product);
+//   - all pointers a launcher takes are device pointers; kernels launch through LAUNCH(...) and use
+//     dynamic_shared<T>() (simt/cuda.h), so the same source builds with nvcc and with g++;
+//   - parameter gradients accumulate (+=; the trainer zeroes them once per step); activation
+//     gradients are overwritten unless the comment says they accumulate (the residual stream's do);
+//   - no float atomics and fixed reduction orders: results are the same bits from run to run and
+//     for any number of CPU worker threads.
 #pragma once
 #include <cstdio>
 #include <cstdlib>

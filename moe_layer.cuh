@@ -210,7 +210,7 @@ inline int moe_row_grid(long rows, int tpr) { return std::max(1, ceil_div(rows *
 __device__ inline float moe_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 __device__ inline float moe_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// GELU, tanh form (CONTRACT.md):  GELU(z) = 0.5 z (1 + tanh(a)),  a = sqrt(2/pi) (z + 0.044715 z^3).
+// GELU, tanh form (MODEL_SPEC.md):  GELU(z) = 0.5 z (1 + tanh(a)),  a = sqrt(2/pi) (z + 0.044715 z^3).
 // Since 0.5 (1 + tanh(a)) = sigmoid(2a) =: s, the same function is z s, and its derivative
 //   GELU'(z) = 0.5 (1 + tanh a) + 0.5 z (1 - tanh^2 a) da/dz = s + 2 z s (1 - s) da/dz,
 //   da/dz = sqrt(2/pi) (1 + 3 * 0.044715 z^2):

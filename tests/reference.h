@@ -3,7 +3,7 @@
 // Straight loops over the math of MODEL_SPEC.md, host memory only, one function per launcher:
 // ref_<kernel> takes the same arguments in the same order. Templated on the scalar type so the
 // double versions serve the finite-difference tests; sums accumulate in double either way.
-// Gradient convention as in CONTRACT.md: parameter gradients and layernorm's dinp accumulate
+// Gradient convention, as in the kernels: parameter gradients and layernorm's dinp accumulate
 // (+=), other activation gradients are overwritten.
 #pragma once
 #include <algorithm>
