@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
-#include <stb/stb_image.h>
 #include <unistd.h>
 
 #include "plot.h"
+#include "tests/png_check.h"
 
 namespace {
 
@@ -29,40 +29,6 @@ std::string out_dir() {
     char* d = mkdtemp(tmpl);
     dir = d ? d : "/tmp";
     return dir;
-}
-
-struct Image {
-    int w = 0, h = 0;
-    std::vector<unsigned char> rgb;
-    bool ok = false;
-    unsigned char at(int x, int y, int k) const { return rgb[3 * ((size_t)y * w + x) + k]; }
-};
-
-Image load(const std::string& path) {
-    Image im;
-    int channels = 0;
-    unsigned char* data = stbi_load(path.c_str(), &im.w, &im.h, &channels, 3);
-    if (!data) return im;
-    im.rgb.assign(data, data + (size_t)im.w * im.h * 3);
-    stbi_image_free(data);
-    im.ok = true;
-    return im;
-}
-
-size_t distinct_colours(const Image& im) {
-    std::set<unsigned> s;
-    for (size_t i = 0; i < (size_t)im.w * im.h; i++)
-        s.insert((unsigned)im.rgb[3 * i] << 16 | (unsigned)im.rgb[3 * i + 1] << 8 | im.rgb[3 * i + 2]);
-    return s.size();
-}
-
-// Dark (text-like) pixels inside rows [y0, y1).
-long dark_pixels(const Image& im, int y0, int y1) {
-    long n = 0;
-    for (int y = std::max(0, y0); y < std::min(im.h, y1); y++)
-        for (int x = 0; x < im.w; x++)
-            if (im.at(x, y, 0) < 100 && im.at(x, y, 1) < 100 && im.at(x, y, 2) < 100) n++;
-    return n;
 }
 
 // Pixels within `tol` of colour c.

@@ -11,11 +11,11 @@
 #include <string>
 #include <vector>
 
-#include <stb/stb_image.h>
 #include <unistd.h>
 
 #include "run_files.h"
 #include "run_report.h"
+#include "tests/png_check.h"
 
 namespace {
 
@@ -30,47 +30,6 @@ std::string fresh_dir(const std::string& name) {
     std::string dir = base + "/" + name, err;
     EXPECT_TRUE(make_dirs(dir, err)) << err;
     return dir;
-}
-
-struct Image {
-    int w = 0, h = 0;
-    std::vector<unsigned char> rgb;
-    bool ok = false;
-};
-
-Image load(const std::string& path) {
-    Image im;
-    int channels = 0;
-    unsigned char* data = stbi_load(path.c_str(), &im.w, &im.h, &channels, 3);
-    if (!data) return im;
-    im.rgb.assign(data, data + (size_t)im.w * im.h * 3);
-    stbi_image_free(data);
-    im.ok = true;
-    return im;
-}
-
-size_t distinct_colours(const Image& im) {
-    std::set<unsigned> s;
-    for (size_t i = 0; i < (size_t)im.w * im.h; i++)
-        s.insert((unsigned)im.rgb[3 * i] << 16 | (unsigned)im.rgb[3 * i + 1] << 8 | im.rgb[3 * i + 2]);
-    return s.size();
-}
-
-double non_white_fraction(const Image& im) {
-    size_t n = 0;
-    for (size_t i = 0; i < (size_t)im.w * im.h; i++)
-        n += im.rgb[3 * i] < 245 || im.rgb[3 * i + 1] < 245 || im.rgb[3 * i + 2] < 245;
-    return (double)n / ((double)im.w * im.h);
-}
-
-long dark_pixels(const Image& im, int y0, int y1) {
-    long n = 0;
-    for (int y = std::max(0, y0); y < std::min(im.h, y1); y++)
-        for (int x = 0; x < im.w; x++) {
-            const unsigned char* p = &im.rgb[3 * ((size_t)y * im.w + x)];
-            n += p[0] < 100 && p[1] < 100 && p[2] < 100;
-        }
-    return n;
 }
 
 // Layer statistics of a step: layer 1 drifts towards experts 0 and 1; expert 5 of layer 1 dies.
