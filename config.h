@@ -334,7 +334,7 @@ inline std::string config_help(bool gpu_backend) {
         if (def != other) s += " [other build: " + other + "]";
         s += "\n";
     }
-    s += "  --help                show this list\n";
+    s += "  --help              show this list\n";
     return s;
 }
 
