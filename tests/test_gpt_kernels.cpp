@@ -1,5 +1,5 @@
 // test_gpt_kernels.cpp: every GPT kernel launcher, run through the SIMT layer, against its plain
-// C++ reference in tests/reference.h (float in, sums in double).
+// C++ reference in reference_model.h (float in, sums in double).
 //
 // Tolerances (float32 has a unit roundoff of 6e-8):
 //   exact         gathers, copies, single additions: the same float operations as the reference
@@ -28,7 +28,7 @@
 #include "layernorm.cuh"
 #include "matmul.cuh"
 #include "optim.cuh"
-#include "tests/reference.h"
+#include "reference_model.h"
 
 namespace {
 
