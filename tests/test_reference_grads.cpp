@@ -1,6 +1,8 @@
-// test_reference_grads.cpp: every backward in tests/reference.h against central finite
-// differences, in double precision. The kernels are tested against these references
-// (test_gpt_kernels.cpp), so together they tie the CUDA gradients to the forward math.
+// test_reference_grads.cpp: the backward passes of reference_model.h against central finite
+// differences, in double precision: every GPT layer's, then a whole training step's (every
+// parameter's gradient of the total loss, dense and MoE). The kernels are tested against these
+// references (test_gpt_kernels.cpp, test_moe.cpp, test_model.cpp), so together they tie the CUDA
+// gradients to the forward math. (The MoE layer alone is checked the same way in test_moe.cpp.)
 //
 // Each test builds a scalar loss L = sum(out * G) for a fixed random G (for cross-entropy: the
 // mean of the per-position losses), runs the reference backward with dout = G, and compares every
@@ -12,9 +14,10 @@
 #include <cmath>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
-#include "tests/reference.h"
+#include "reference_model.h"
 
 namespace {
 
@@ -182,6 +185,85 @@ TEST(ReferenceGrads, CrossEntropy) {
     Vec dlogits(N * V, 123.0);
     ref_crossentropy_forward_backward(losses.data(), dlogits.data(), logits.data(), targets.data(), N, V, dloss);
     expect_grad_near(dlogits, numeric_grad(logits, loss), "dlogits");
+}
+
+// A whole training step of RefModel<double>: the gradient of the total loss (mean cross-entropy +
+// aux_coef * aux + z_coef * z) with respect to every parameter, tensor by tensor. Parameters are
+// drawn larger than a real initialisation (std 0.5, LayerNorm weights around 1) so that every
+// term, including the router's, contributes visibly. The routing must stay the same under every
+// perturbation (top-K and capacity are piecewise constant: the gradient is that of fixed routing).
+void check_model_step(const ModelConfig& cfg, int B, int Tn, bool training, unsigned seed) {
+    const std::vector<ParamTensor> tensors = model_parameter_table(cfg);
+    const size_t P = tensors.back().offset + tensors.back().numel;
+    std::mt19937 rng(seed);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    Vec init(P);
+    for (const ParamTensor& t : tensors)
+        for (size_t i = 0; i < t.numel; i++)
+            init[t.offset + i] = t.init_std > 0 ? 0.5 * normal(rng) : t.init_value + 0.2 * normal(rng);
+    const int N = B * Tn;
+    std::vector<int> inputs(N), targets(N);
+    for (int i = 0; i < N; i++) {
+        inputs[i] = (int)(rng() % cfg.vocab_size);
+        targets[i] = (int)(rng() % cfg.vocab_size);
+    }
+    std::vector<Vec> noise_eps(cfg.layers, Vec((size_t)N * std::max(cfg.experts, 1)));
+    for (Vec& e : noise_eps)
+        for (double& x : e) x = normal(rng);
+
+    RefModel<double> model(cfg, init);
+    const RefModelResult<double> base = model.step(inputs.data(), targets.data(), B, Tn, training, noise_eps);
+    bool routing_changed = false;
+    auto loss = [&] {
+        const RefModelResult<double> r = model.step(inputs.data(), targets.data(), B, Tn, training, noise_eps);
+        for (size_t l = 0; l < r.moe.size(); l++)
+            routing_changed |= r.moe[l].topk_idx != base.moe[l].topk_idx || r.moe[l].kept != base.moe[l].kept;
+        return r.total;
+    };
+    const Vec numeric = numeric_grad(model.params, loss);
+    ASSERT_FALSE(routing_changed) << "a perturbation changed the routing: pick another seed";
+    for (const ParamTensor& t : tensors) {
+        const Vec analytic_t(base.grads.begin() + t.offset, base.grads.begin() + t.offset + t.numel);
+        const Vec numeric_t(numeric.begin() + t.offset, numeric.begin() + t.offset + t.numel);
+        const bool noise_unused = t.name.find("moe.noise") != std::string::npos && !(training && cfg.router_noise);
+        if (noise_unused) {  // without noise W_n takes no part in the loss: exactly zero, both ways
+            EXPECT_EQ(analytic_t, Vec(t.numel, 0.0)) << t.name;
+            EXPECT_EQ(numeric_t, Vec(t.numel, 0.0)) << t.name;
+            continue;
+        }
+        expect_grad_near(analytic_t, numeric_t, t.name.c_str());
+    }
+    if (cfg.moe()) {
+        long dropped = 0;
+        for (const auto& st : base.moe)
+            for (int k : st.kept) dropped += !k;
+        EXPECT_EQ(dropped > 0, cfg.capacity_factor > 0) << "the capacity limit should drop some choices";
+        EXPECT_GT(base.aux, 0.0);
+        EXPECT_GT(base.z, 0.0);
+    }
+}
+
+ModelConfig tiny_model(int experts) {
+    ModelConfig c;
+    c.vocab_size = 5; c.block_size = 4; c.layers = 2; c.heads = 2; c.dim = 4; c.ffn_hidden = 6;
+    c.experts = experts; c.top_k = 2; c.expert_hidden = 3; c.shared_experts = 1; c.shared_hidden = 2;
+    c.capacity_factor = 0.75; c.router_noise = 1; c.aux_coef = 0.3f; c.z_coef = 0.2f;
+    return c;
+}
+
+TEST(ReferenceGrads, DenseModelStep) { check_model_step(tiny_model(0), 2, 3, true, 1); }
+
+// top-2 with a shared expert, drops and noise; then the same without noise (an evaluation pass)
+TEST(ReferenceGrads, MoeModelStep) {
+    check_model_step(tiny_model(4), 2, 3, true, 2);
+    check_model_step(tiny_model(4), 2, 3, false, 3);
+}
+
+// top-1: the gate is the raw probability (no renormalisation), no shared expert
+TEST(ReferenceGrads, MoeTopOneModelStep) {
+    ModelConfig c = tiny_model(4);
+    c.top_k = 1; c.shared_experts = 0; c.capacity_factor = 1.0;
+    check_model_step(c, 2, 4, true, 4);
 }
 
 }  // namespace
