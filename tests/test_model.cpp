@@ -1,5 +1,6 @@
 // tests/test_model.cpp: whole training steps of tiny models (dense and a grid of MoE configurations)
-// through the SIMT layer against the reference composition; determinism; no host synchronisation.
+// through the SIMT layer against reference_model.h's RefModel (logits, losses, routing, every
+// gradient, the update); determinism; no host synchronisation.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -8,7 +9,7 @@
 #include <vector>
 
 #include "model.cuh"
-#include "tests/reference_model.h"
+#include "reference_model.h"
 
 namespace {
 
@@ -25,7 +26,7 @@ ModelConfig tiny_config(int experts) {
     ModelConfig c;
     c.vocab_size = 13; c.block_size = 8; c.layers = 2; c.heads = 2; c.dim = 16; c.ffn_hidden = 64;
     c.experts = experts; c.top_k = 2; c.expert_hidden = 24; c.shared_experts = 0; c.shared_hidden = 20;
-    c.capacity_factor = 1.25; c.router_noise = true; c.aux_coef = 0.01f; c.z_coef = 0.001f;
+    c.capacity_factor = 1.25; c.router_noise = 1; c.aux_coef = 0.01f; c.z_coef = 0.001f;
     return c;
 }
 
@@ -73,7 +74,7 @@ void check_step_against_reference(const ModelConfig& cfg, int B, int T, const st
     Model m;
     model_build(m, cfg, B, T, 1234);
     std::vector<float> initial = to_host(m.params, m.num_parameters);
-    RefModel ref(cfg, initial);
+    RefModel<float> ref(cfg, initial);
     std::vector<int> inputs, targets;
     make_batch(B, T, cfg.vocab_size, 99, inputs, targets);
     const OptimConfig o{1e-2f, 0.9f, 0.99f, 1e-8f, 0.1f, 1.0f};
@@ -85,7 +86,7 @@ void check_step_against_reference(const ModelConfig& cfg, int B, int T, const st
     std::vector<std::vector<float>> eps(cfg.layers);
     if (cfg.moe() && cfg.router_noise)
         for (int l = 0; l < cfg.layers; l++) eps[l] = to_host(m.blocks[l].moe.noise_eps, (size_t)B * T * cfg.experts);
-    RefModelResult r = ref.step(inputs.data(), targets.data(), B, T, true, eps);
+    RefModelResult<float> r = ref.step(inputs.data(), targets.data(), B, T, true, eps);
 
     const int N = B * T;
     EXPECT_NEAR(dl.ce, r.ce, 1e-5 * std::fabs(r.ce)) << label;
@@ -110,7 +111,7 @@ void check_step_against_reference(const ModelConfig& cfg, int B, int T, const st
     // sqrt(v), so a parameter whose gradient is ~1e-9 would amplify rounding of the gradient itself.
     std::vector<float> device_grads = to_host(m.grads, m.num_parameters);
     model_update(m, o, 1);
-    ref.update(device_grads, o, 1);
+    ref.update(device_grads, o.lr, o.beta1, o.beta2, o.eps, o.weight_decay, o.grad_clip, 1);
     std::vector<float> updated = to_host(m.params, m.num_parameters);
     for (const auto& t : m.tensors)
         for (size_t i = 0; i < t.numel; i++)
