@@ -22,39 +22,7 @@
 #include "classifier.cuh"
 #include "optim.cuh"
 #include "moe_layer.cuh"
-
-// ----------------------------------------------------------------------------------------------
-// configuration
-
-struct ModelConfig {
-    int vocab_size = 0;      // V
-    int block_size = 0;      // maximum sequence length
-    int layers = 0;          // L
-    int heads = 0;           // NH
-    int dim = 0;             // C
-    int ffn_hidden = 0;      // dense FFN hidden width F (used when experts == 0)
-    int experts = 0;         // E routed experts per block; 0 = dense FFN
-    int top_k = 0;           // K
-    int expert_hidden = 0;   // F of a routed expert
-    int shared_experts = 0;  // S
-    int shared_hidden = 0;   // Fs
-    double capacity_factor = 0.0;
-    bool router_noise = false;
-    float aux_coef = 0.0f;
-    float z_coef = 0.0f;
-    bool moe() const { return experts > 0; }
-};
-
-// A named view of one parameter tensor (and, at the same offset, its gradient and moments).
-struct ParamTensor {
-    std::string name;          // MODEL_SPEC name, e.g. "h.0.attn.c_attn.weight"
-    std::vector<int> shape;
-    size_t offset = 0;         // in floats, into every parameter-shaped allocation
-    size_t numel = 0;
-    bool is_matrix = false;    // weight decay applies (matrices only; never biases or LayerNorm)
-    float init_std = 0.0f;     // 0 = constant init
-    float init_value = 0.0f;   // for constant init (LayerNorm weight 1, biases 0)
-};
+#include "model_config.h"
 
 // Per-block views of one parameter-shaped allocation (parameters, gradients).
 struct BlockWeights {
@@ -138,76 +106,12 @@ struct Model {
     float* grad_scale = nullptr;            // (1)
     int* inputs = nullptr;                  // (B, T)
     int* targets = nullptr;                 // (B, T)
-    std::vector<MoeConfig> moe_cfg;         // per block, for the current (B, T)
-    curandGenerator_t noise_rng = nullptr;
-    unsigned long long noise_position = ~0ull;  // where noise_rng's sequence stands (re-seeking is slow)
+    RouterNoise router_noise;               // the run's router-noise generator (MoE with noise only)
     uint64_t seed = 0;
     // the (B, T, training) of the last forward pass
     int cur_B = 0, cur_T = 0;
     bool cur_training = false;
 };
-
-// ----------------------------------------------------------------------------------------------
-// parameter table
-
-inline std::vector<ParamTensor> model_parameter_table(const ModelConfig& c) {
-    std::vector<ParamTensor> t;
-    const float std_w = 0.02f;
-    const float std_proj = 0.02f / sqrtf(2.0f * c.layers);  // GPT-2: residual projections scaled
-    auto add = [&](const std::string& name, std::vector<int> shape, bool matrix, float stdv, float value) {
-        ParamTensor p;
-        p.name = name; p.shape = shape; p.is_matrix = matrix; p.init_std = stdv; p.init_value = value;
-        p.numel = 1;
-        for (int d : shape) p.numel *= (size_t)d;
-        t.push_back(p);
-    };
-    const int C = c.dim, E = c.experts, F = c.expert_hidden, S = c.shared_experts, Fs = c.shared_hidden;
-    add("wte", {c.vocab_size, C}, true, std_w, 0);
-    add("wpe", {c.block_size, C}, true, std_w, 0);
-    for (int l = 0; l < c.layers; l++) {
-        std::string h = "h." + std::to_string(l) + ".";
-        add(h + "ln_1.weight", {C}, false, 0, 1);
-        add(h + "ln_1.bias", {C}, false, 0, 0);
-        add(h + "attn.c_attn.weight", {3 * C, C}, true, std_w, 0);
-        add(h + "attn.c_attn.bias", {3 * C}, false, 0, 0);
-        add(h + "attn.c_proj.weight", {C, C}, true, std_proj, 0);
-        add(h + "attn.c_proj.bias", {C}, false, 0, 0);
-        add(h + "ln_2.weight", {C}, false, 0, 1);
-        add(h + "ln_2.bias", {C}, false, 0, 0);
-        if (!c.moe()) {
-            add(h + "mlp.c_fc.weight", {c.ffn_hidden, C}, true, std_w, 0);
-            add(h + "mlp.c_fc.bias", {c.ffn_hidden}, false, 0, 0);
-            add(h + "mlp.c_proj.weight", {C, c.ffn_hidden}, true, std_proj, 0);
-            add(h + "mlp.c_proj.bias", {C}, false, 0, 0);
-        } else {
-            add(h + "moe.router.weight", {E, C}, true, std_w, 0);
-            // Shazeer et al. start the noise projection at zero: noise std softplus(0) = ln 2.
-            add(h + "moe.noise.weight", {E, C}, true, 0, 0);
-            add(h + "moe.experts.c_fc.weight", {E, F, C}, true, std_w, 0);
-            add(h + "moe.experts.c_fc.bias", {E, F}, false, 0, 0);
-            add(h + "moe.experts.c_proj.weight", {E, C, F}, true, std_proj, 0);
-            add(h + "moe.experts.c_proj.bias", {E, C}, false, 0, 0);
-            if (S > 0) {
-                add(h + "moe.shared.c_fc.weight", {S, Fs, C}, true, std_w, 0);
-                add(h + "moe.shared.c_fc.bias", {S, Fs}, false, 0, 0);
-                add(h + "moe.shared.c_proj.weight", {S, C, Fs}, true, std_proj, 0);
-                add(h + "moe.shared.c_proj.bias", {S, C}, false, 0, 0);
-            }
-        }
-    }
-    add("ln_f.weight", {C}, false, 0, 1);
-    add("ln_f.bias", {C}, false, 0, 0);
-    size_t offset = 0;
-    for (auto& p : t) { p.offset = offset; offset += p.numel; }
-    return t;
-}
-
-// Parameters a token actually uses: everything except the E-K routed experts it skips per MoE block.
-inline size_t model_active_parameters(const ModelConfig& c, size_t total) {
-    if (!c.moe()) return total;
-    size_t per_expert = 2 * (size_t)c.expert_hidden * c.dim + c.expert_hidden + c.dim;
-    return total - (size_t)c.layers * (size_t)(c.experts - c.top_k) * per_expert;
-}
 
 inline const ParamTensor* model_find_tensor(const Model& m, const std::string& name) {
     for (const auto& p : m.tensors) if (p.name == name) return &p;
@@ -233,24 +137,11 @@ inline void model_weight_views(Weights& w, float* base, const Model& m) {
         b.fcproj_w = at(h + "mlp.c_proj.weight"); b.fcproj_b = at(h + "mlp.c_proj.bias");
         b.moe.router = at(h + "moe.router.weight");
         b.moe.noise = at(h + "moe.noise.weight");
-        b.moe.fc_w = at(h + "moe.experts.c_fc.weight");
-        b.moe.fc_b = at(h + "moe.experts.c_fc.bias");
-        b.moe.proj_w = at(h + "moe.experts.c_proj.weight");
-        b.moe.proj_b = at(h + "moe.experts.c_proj.bias");
-        b.moe.shared_fc_w = at(h + "moe.shared.c_fc.weight");
-        b.moe.shared_fc_b = at(h + "moe.shared.c_fc.bias");
-        b.moe.shared_proj_w = at(h + "moe.shared.c_proj.weight");
-        b.moe.shared_proj_b = at(h + "moe.shared.c_proj.bias");
+        b.moe.experts = {at(h + "moe.experts.c_fc.weight"), at(h + "moe.experts.c_fc.bias"),
+                         at(h + "moe.experts.c_proj.weight"), at(h + "moe.experts.c_proj.bias")};
+        b.moe.shared = {at(h + "moe.shared.c_fc.weight"), at(h + "moe.shared.c_fc.bias"),
+                        at(h + "moe.shared.c_proj.weight"), at(h + "moe.shared.c_proj.bias")};
     }
-}
-
-inline MoeConfig model_moe_config(const ModelConfig& c, int N) {
-    MoeConfig mc{};
-    mc.N = N; mc.C = c.dim; mc.E = c.experts; mc.K = c.top_k; mc.F = c.expert_hidden;
-    mc.S = c.shared_experts; mc.Fs = c.shared_hidden; mc.capacity_factor = c.capacity_factor;
-    mc.noise = c.router_noise;
-    moe_config_finalize(mc);
-    return mc;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -287,11 +178,39 @@ inline std::vector<float> model_initial_parameters(const std::vector<ParamTensor
 // ----------------------------------------------------------------------------------------------
 // allocation
 
+// Every activation view in allocation order, as (pointer member, element count), for a batch of
+// (B, T): one list serves the size of the allocation and the views, so the two cannot disagree
+// (the MoE layer lays out its own region the same way, moe_for_each_view).
+template <typename FloatFn, typename IntFn>
+inline void model_for_each_activation(Model& m, int B, int T, FloatFn f, IntFn i) {
+    const ModelConfig& c = m.cfg;
+    const size_t N = (size_t)B * T, C = c.dim, V = c.vocab_size;
+    const size_t F = c.moe() ? 0 : c.ffn_hidden, Fmax = F > 0 ? F : 1;
+    f(m.encoded, N * C);
+    for (BlockActivations& a : m.blocks) {
+        f(a.ln1, N * C); f(a.ln1_mean, N); f(a.ln1_rstd, N);
+        f(a.qkv, N * 3 * C); f(a.qkvr, 3 * N * C); f(a.att, (size_t)B * c.heads * T * T);
+        f(a.atty, N * C); f(a.attproj, N * C); f(a.residual2, N * C);
+        f(a.ln2, N * C); f(a.ln2_mean, N); f(a.ln2_rstd, N);
+        f(a.fch, N * F); f(a.fch_gelu, N * F);
+        f(a.ffn_out, N * C); f(a.residual3, N * C);
+        if (c.moe()) {
+            f(a.moe_floats, moe_activation_floats(c, (int)N));
+            i(a.moe_ints, moe_activation_ints(c, (int)N));
+        }
+    }
+    f(m.lnf, N * C); f(m.lnf_mean, N); f(m.lnf_rstd, N);
+    f(m.logits, N * V); f(m.dlogits, N * V); f(m.token_losses, N); f(m.losses, (size_t)4);
+    f(m.dresidual, N * C); f(m.dln, N * C); f(m.datty, N * C); f(m.dqkv, N * 3 * C);
+    f(m.dfch, N * Fmax); f(m.dfch_gelu, N * Fmax);
+    f(m.att_scratch, attention_scratch_floats(B, T, (int)C, c.heads));
+    f(m.norm_scratch, (size_t)1024); f(m.grad_norm_sq, (size_t)1); f(m.grad_scale, (size_t)1);
+}
+
 inline void model_build(Model& m, const ModelConfig& cfg, int B, int T, uint64_t seed) {
     m.cfg = cfg; m.B = B; m.T = T; m.seed = seed;
-    const int C = cfg.dim, V = cfg.vocab_size, L = cfg.layers, NH = cfg.heads;
     const size_t N = (size_t)B * T;
-    const int F = cfg.moe() ? 0 : cfg.ffn_hidden;
+    m.blocks.assign(cfg.layers, BlockActivations{});
 
     m.tensors = model_parameter_table(cfg);
     m.num_parameters = 0;
@@ -309,54 +228,24 @@ inline void model_build(Model& m, const ModelConfig& cfg, int B, int T, uint64_t
     model_weight_views(m.w, m.params, m);
     model_weight_views(m.g, m.grads, m);
 
-    // activations: count, allocate once, then hand out views in the same order
-    MoeConfig mc{};
-    if (cfg.moe()) mc = model_moe_config(cfg, (int)N);
-    const size_t moe_floats = cfg.moe() ? moe_activation_floats(mc) : 0;
-    const size_t moe_ints = cfg.moe() ? moe_activation_ints(mc) : 0;
-    const size_t per_block = N * C * 7 + N * 4 + N * 3 * C + 3 * N * C + (size_t)B * NH * T * T + 2 * N * F + moe_floats;
-    const size_t Fmax = (size_t)(F > 0 ? F : 1);
-    const size_t total = N * C + per_block * L + N * C + 2 * N + 2 * N * V + N + 4 +
-                         N * C * 3 + N * 3 * C + 2 * N * Fmax + attention_scratch_floats(B, T, C, NH) + 1024 + 2;
-    CUDA_CHECK(cudaMalloc(&m.acts, total * sizeof(float)));
-    if (moe_ints > 0) CUDA_CHECK(cudaMalloc(&m.acts_int, moe_ints * L * sizeof(int)));
+    // activations: one allocation, views handed out by model_for_each_activation
+    size_t floats = 0, ints = 0;
+    model_for_each_activation(m, B, T, [&](float*&, size_t n) { floats += n; }, [&](int*&, size_t n) { ints += n; });
+    CUDA_CHECK(cudaMalloc(&m.acts, floats * sizeof(float)));
+    if (ints > 0) CUDA_CHECK(cudaMalloc(&m.acts_int, ints * sizeof(int)));
     CUDA_CHECK(cudaMalloc(&m.inputs, N * sizeof(int)));
     CUDA_CHECK(cudaMalloc(&m.targets, N * sizeof(int)));
-    float* p = m.acts;
-    auto take = [&](size_t n) { float* v = p; p += n; return v; };
-    m.encoded = take(N * C);
-    m.blocks.assign(L, BlockActivations{});
-    for (int l = 0; l < L; l++) {
-        BlockActivations& a = m.blocks[l];
-        a.ln1 = take(N * C); a.ln1_mean = take(N); a.ln1_rstd = take(N);
-        a.qkv = take(N * 3 * C); a.qkvr = take(3 * N * C); a.att = take((size_t)B * NH * T * T);
-        a.atty = take(N * C); a.attproj = take(N * C); a.residual2 = take(N * C);
-        a.ln2 = take(N * C); a.ln2_mean = take(N); a.ln2_rstd = take(N);
-        a.fch = take(N * F); a.fch_gelu = take(N * F);
-        a.ffn_out = take(N * C); a.residual3 = take(N * C);
-        if (cfg.moe()) {
-            a.moe_floats = take(moe_floats);
-            a.moe_ints = m.acts_int + (size_t)l * moe_ints;
-            moe_activation_views(a.moe, a.moe_floats, a.moe_ints, mc);
-        }
-    }
-    m.lnf = take(N * C); m.lnf_mean = take(N); m.lnf_rstd = take(N);
-    m.logits = take(N * V); m.dlogits = take(N * V); m.token_losses = take(N); m.losses = take(4);
-    m.dresidual = take(N * C); m.dln = take(N * C); m.datty = take(N * C); m.dqkv = take(N * 3 * C);
-    m.dfch = take(N * Fmax); m.dfch_gelu = take(N * Fmax);
-    m.att_scratch = take(attention_scratch_floats(B, T, C, NH));
-    m.norm_scratch = take(1024); m.grad_norm_sq = take(1); m.grad_scale = take(1);
-    if ((size_t)(p - m.acts) > total) { fprintf(stderr, "model_build: activation layout overflow\n"); exit(1); }
-    m.moe_cfg.assign(L, mc);
+    floats = ints = 0;
+    model_for_each_activation(m, B, T, [&](float*& p, size_t n) { p = m.acts + floats; floats += n; },
+                              [&](int*& p, size_t n) { p = m.acts_int + ints; ints += n; });
+    for (BlockActivations& a : m.blocks)
+        if (cfg.moe()) moe_activation_views(a.moe, a.moe_floats, a.moe_ints, cfg, (int)N);
 
-    if (cfg.moe() && cfg.router_noise) {
-        CURAND_CHECK(create_generator(&m.noise_rng, CURAND_RNG_PSEUDO_PHILOX4_32_10));
-        CURAND_CHECK(curandSetPseudoRandomGeneratorSeed(m.noise_rng, seed ^ 0x6E6F697365ull));
-    }
+    if (cfg.moe() && cfg.router_noise) router_noise_create(m.router_noise, seed);
 }
 
 inline void model_free(Model& m) {
-    if (m.noise_rng) curandDestroyGenerator(m.noise_rng);
+    router_noise_destroy(m.router_noise);
     cudaFree(m.params); cudaFree(m.grads); cudaFree(m.adam_m); cudaFree(m.adam_v);
     cudaFree(m.acts); if (m.acts_int) cudaFree(m.acts_int);
     cudaFree(m.inputs); cudaFree(m.targets);
@@ -366,16 +255,9 @@ inline void model_free(Model& m) {
 // ----------------------------------------------------------------------------------------------
 // small kernels that only the model needs
 
-// losses = [total, ce, aux_sum, z_sum]: starts as [ce, ce, 0, 0]
+// losses = [total, ce, aux sum, z sum] start as [ce, ce, 0, 0]; each MoE layer adds its share
 __global__ void losses_init_kernel(float* losses /*(4)*/, const float* ce /*(1)*/) {
     losses[0] = ce[0]; losses[1] = ce[0]; losses[2] = 0.0f; losses[3] = 0.0f;
-}
-// adds one MoE layer's aux and z: total += aux_coef*aux + z_coef*z
-__global__ void losses_add_layer_kernel(float* losses /*(4)*/, const float* aux /*(1)*/, const float* z /*(1)*/,
-                                        float aux_coef, float z_coef) {
-    losses[0] += aux_coef * aux[0] + z_coef * z[0];
-    losses[2] += aux[0];
-    losses[3] += z[0];
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -395,13 +277,9 @@ inline void model_forward(Model& m, const int* inputs_host, const int* targets_h
     if (targets_host)
         CUDA_CHECK(cudaMemcpyAsync(m.targets, targets_host, (size_t)N * sizeof(int), cudaMemcpyHostToDevice, 0));
 
-    if (c.moe() && m.moe_cfg[0].N != N) {  // a different batch shape: new capacity, new views
-        MoeConfig mc = model_moe_config(c, N);  // fits: the regions were sized for the full batch
-        for (int l = 0; l < L; l++) {
-            moe_activation_views(m.blocks[l].moe, m.blocks[l].moe_floats, m.blocks[l].moe_ints, mc);
-            m.moe_cfg[l] = mc;
-        }
-    }
+    if (c.moe() && m.blocks[0].moe.N != N)  // a different batch shape: new capacity, new views
+        for (BlockActivations& a : m.blocks)    // (they fit: the regions were sized for the full batch)
+            moe_activation_views(a.moe, a.moe_floats, a.moe_ints, c, N);
 
     encoder_forward(m.encoded, m.inputs, m.w.wte, m.w.wpe, B, T, C);
     for (int l = 0; l < L; l++) {
@@ -419,19 +297,10 @@ inline void model_forward(Model& m, const int* inputs_host, const int* targets_h
             gelu_forward(a.fch_gelu, a.fch, (long)N * F);
             matmul_forward(a.ffn_out, a.fch_gelu, w.fcproj_w, w.fcproj_b, N, F, C);
         } else {
-            const MoeConfig& mc = m.moe_cfg[l];
-            bool noisy = training && c.router_noise;
-            if (noisy) {  // eps ~ N(0, 1), a fresh draw per (step, layer), reproducible on resume
-                size_t count = (size_t)N * c.experts;
-                count += count % 2;  // cuRAND's normal generator wants an even count
-                const unsigned long long offset = (unsigned long long)(step * L + l) * count;
-                // Seek only when the sequence is not already there (after a resume, or an odd step
-                // order): re-seeking re-initialises cuRAND's host generator, which costs milliseconds.
-                if (offset != m.noise_position) CURAND_CHECK(curandSetGeneratorOffset(m.noise_rng, offset));
-                CURAND_CHECK(curandGenerateNormal(m.noise_rng, a.moe.noise_eps, count, 0.0f, 1.0f));
-                m.noise_position = offset + count;
-            }
-            moe_forward(a.ffn_out, a.moe, w.moe, a.ln2, mc, noisy);
+            // router noise while training: draw number step*L + l of the run, so a resumed run
+            // sees the noise it would have seen
+            RouterNoise* noise = training && c.router_noise ? &m.router_noise : nullptr;
+            moe_forward(a.ffn_out, a.moe, w.moe, a.ln2, c, N, noise, (unsigned long long)step * L + l);
         }
         residual_forward(a.residual3, a.residual2, a.ffn_out, (long)N * C);
     }
@@ -442,14 +311,10 @@ inline void model_forward(Model& m, const int* inputs_host, const int* targets_h
         crossentropy_forward_backward(m.token_losses, m.cur_training ? m.dlogits : nullptr, m.logits, m.targets,
                                       N, V, 1.0f / N);
         mean_forward(m.losses + 1, m.token_losses, N);  // ce into losses[1] first
-        LAUNCH(losses_init_kernel, 1, 1, 0, 0, m.losses, m.losses + 1);
+        losses_init_kernel<<<1, 1>>>(m.losses, m.losses + 1);
         CUDA_CHECK_LAUNCH();
         if (c.moe())
-            for (int l = 0; l < L; l++) {
-                LAUNCH(losses_add_layer_kernel, 1, 1, 0, 0, m.losses, m.blocks[l].moe.aux, m.blocks[l].moe.z,
-                       c.aux_coef, c.z_coef);
-                CUDA_CHECK_LAUNCH();
-            }
+            for (int l = 0; l < L; l++) moe_loss_forward(m.losses, m.blocks[l].moe, c);
     }
 }
 
@@ -491,8 +356,7 @@ inline void model_backward(Model& m) {
             gelu_backward(m.dfch, a.fch, m.dfch_gelu, (long)N * F);
             matmul_backward(m.dln, g.fc_w, g.fc_b, m.dfch, a.ln2, w.fc_w, N, C, F);
         } else {
-            moe_backward(m.dln, g.moe, m.dresidual, a.moe, w.moe, a.ln2, m.moe_cfg[l], c.aux_coef, c.z_coef,
-                         c.router_noise);
+            moe_backward(m.dln, g.moe, m.dresidual, a.moe, w.moe, a.ln2, c);
         }
         layernorm_backward(m.dresidual, g.ln2_w, g.ln2_b, m.dln, a.residual2, w.ln2_w, a.ln2_mean, a.ln2_rstd, N, C);
         // x2 = x + c_proj(attention(LN1(x)))

@@ -86,46 +86,43 @@ int main(int argc, char** argv) {
 #else
     (void)argc, (void)argv;
 #endif
-    MoeConfig cfg{};
-    cfg.N = 768, cfg.C = 128, cfg.E = 8, cfg.K = 2, cfg.F = 256, cfg.S = 0, cfg.Fs = 0;
-    cfg.capacity_factor = 1.25, cfg.noise = true;
-    moe_config_finalize(cfg);
-    const int N = cfg.N, C = cfg.C, E = cfg.E, F = cfg.F, R = cfg.buffer_rows;
-    printf("MoE layer: N=%d C=%d E=%d K=%d F=%d CF=%.2f capacity=%d noise=on; median of %d, ms\n\n", N, C, E, cfg.K, F,
-           cfg.capacity_factor, cfg.capacity, REPS);
+    ModelConfig cfg{};
+    const int N = 768;
+    cfg.dim = 128, cfg.experts = 8, cfg.top_k = 2, cfg.expert_hidden = 256, cfg.shared_experts = 0;
+    cfg.capacity_factor = 1.25, cfg.router_noise = 1, cfg.aux_coef = 0.01f, cfg.z_coef = 0.001f;
+    const int C = cfg.dim, E = cfg.experts, K = cfg.top_k, F = cfg.expert_hidden, R = expert_buffer_rows(cfg, N);
+    const int capacity = expert_capacity(cfg, N);
+    printf("MoE layer: N=%d C=%d E=%d K=%d F=%d CF=%.2f capacity=%d noise=on; median of %d, ms\n\n", N, C, E, K, F,
+           cfg.capacity_factor, capacity, REPS);
 
     std::mt19937 rng(1);
     MoeWeights w{}, g{};
     w.router = device_floats((size_t)E * C, rng, 0.3f);
     w.noise = device_floats((size_t)E * C, rng, 0.1f);
-    w.fc_w = device_floats((size_t)E * F * C, rng, 0.05f);
-    w.fc_b = device_floats((size_t)E * F, rng, 0.01f);
-    w.proj_w = device_floats((size_t)E * C * F, rng, 0.05f);
-    w.proj_b = device_floats((size_t)E * C, rng, 0.01f);
+    w.experts.fc_w = device_floats((size_t)E * F * C, rng, 0.05f);
+    w.experts.fc_b = device_floats((size_t)E * F, rng, 0.01f);
+    w.experts.proj_w = device_floats((size_t)E * C * F, rng, 0.05f);
+    w.experts.proj_b = device_floats((size_t)E * C, rng, 0.01f);
     g.router = device_floats((size_t)E * C, rng, 0.0f);
     g.noise = device_floats((size_t)E * C, rng, 0.0f);
-    g.fc_w = device_floats((size_t)E * F * C, rng, 0.0f);
-    g.fc_b = device_floats((size_t)E * F, rng, 0.0f);
-    g.proj_w = device_floats((size_t)E * C * F, rng, 0.0f);
-    g.proj_b = device_floats((size_t)E * C, rng, 0.0f);
+    g.experts.fc_w = device_floats((size_t)E * F * C, rng, 0.0f);
+    g.experts.fc_b = device_floats((size_t)E * F, rng, 0.0f);
+    g.experts.proj_w = device_floats((size_t)E * C * F, rng, 0.0f);
+    g.experts.proj_b = device_floats((size_t)E * C, rng, 0.0f);
     float* u = device_floats((size_t)N * C, rng, 1.0f);
     float* dout = device_floats((size_t)N * C, rng, 1.0f / N);
     float* out = device_floats((size_t)N * C, rng, 0.0f);
     float* du = device_floats((size_t)N * C, rng, 0.0f);
     float* act_f = nullptr;
     int* act_i = nullptr;
-    CUDA_CHECK(cudaMalloc(&act_f, moe_activation_floats(cfg) * sizeof(float)));
-    CUDA_CHECK(cudaMalloc(&act_i, moe_activation_ints(cfg) * sizeof(int)));
+    CUDA_CHECK(cudaMalloc(&act_f, moe_activation_floats(cfg, N) * sizeof(float)));
+    CUDA_CHECK(cudaMalloc(&act_i, moe_activation_ints(cfg, N) * sizeof(int)));
     MoeActivations a{};
-    moe_activation_views(a, act_f, act_i, cfg);
-    {
-        std::vector<float> eps((size_t)N * E);
-        std::normal_distribution<float> dist(0.0f, 1.0f);
-        for (float& x : eps) x = dist(rng);
-        CUDA_CHECK(cudaMemcpy(a.noise_eps, eps.data(), eps.size() * sizeof(float), cudaMemcpyHostToDevice));
-    }
-    moe_forward(out, a, w, u, cfg, true);  // routing in place for the stage timings
-    moe_backward(du, g, dout, a, w, u, cfg, 0.01f, 0.001f, true);
+    moe_activation_views(a, act_f, act_i, cfg, N);
+    RouterNoise noise;
+    router_noise_create(noise, 1337);
+    moe_forward(out, a, w, u, cfg, N, &noise, 0);  // routing in place for the stage timings
+    moe_backward(du, g, dout, a, w, u, cfg);
 
     const long long RC = (long long)R * C, RF = (long long)R * F, FC = (long long)F * C;
     printf("| %-44s | %10s | %10s |\n", "stage", "forward", "backward");
@@ -146,36 +143,64 @@ int main(int argc, char** argv) {
         if (tf > 0) total_f += tf;
         if (tb > 0) total_b += tb;
     };
-    stage("router GEMMs (W_r u, W_n u; bwd: du, dW_r, dW_n)", [&] { moe_router_forward(a, w, u, cfg, true); },
-          [&] { moe_router_logits_backward(du, g, a, w, u, cfg, true); });
-    stage("softmax/top-k/gates (bwd: + gate dots, aux, z)", [&] { moe_route(a, cfg, true); },
-          [&] { moe_router_backward(a, dout, w, cfg, 0.01f, 0.001f, true); });
-    stage("capacity scan", [&] { moe_capacity(a, cfg); }, nullptr);
-    stage("dispatch (bwd: gather du)", [&] { moe_dispatch(a, u, cfg); }, [&] { moe_gather_backward(du, a, cfg); });
+    stage("router GEMMs (W_r u, W_n u; bwd: du, dW_r, dW_n)",
+          [&] { moe_router_logits_forward(a.router_logits, a.noise_logits, w.router, w.noise, u, N, C, E, true); },
+          [&] {
+              moe_router_logits_backward(du, g.router, g.noise, a.d_router_logits, a.d_noise_logits, w.router,
+                                         w.noise, u, N, C, E, true);
+          });
+    stage("noise draw, softmax/top-k/gates (bwd: + aux, z)",
+          [&] {
+              router_noise_draw(a.noise_eps, noise, 0, N, E);
+              moe_route(a.probs, a.gates, a.topk_idx, a.router_lse, a.router_logits, a.noise_logits, a.noise_eps, N,
+                        E, K);
+          },
+          [&] {
+              moe_router_backward(a.d_router_logits, a.d_noise_logits, a.d_gates, a.probs, a.gates, a.topk_idx,
+                                  a.router_logits, a.router_lse, a.noise_logits, a.noise_eps,
+                                  a.tokens_per_expert_routed, N, E, K, cfg.aux_coef, cfg.z_coef);
+          });
+    stage("capacity scan",
+          [&] {
+              moe_capacity(a.kept, a.slot, a.slot_choice, a.tokens_per_expert_routed, a.tokens_per_expert_kept,
+                           a.topk_idx, N, E, K, capacity, R);
+          },
+          nullptr);
+    stage("dispatch (bwd: gather du)", [&] { moe_dispatch(a.expert_in, u, a.slot_choice, E, R, C, K); },
+          [&] { moe_dispatch_backward(du, a.d_expert_in, a.d_shared_in, a.topk_idx, a.kept, a.slot, N, C, K, R, 0); });
     stage("expert fc GEMM (batched over E)",
-          [&] { moe_batched_linear_forward(a.expert_fc, RF, a.expert_in, RC, w.fc_w, FC, E, R, C, F); },
+          [&] { batched_linear_forward(a.expert_pre, RF, a.expert_in, RC, w.experts.fc_w, FC, E, R, C, F); },
           [&] {
-              moe_batched_linear_backward_weight(g.fc_w, FC, a.d_expert_hidden, RF, a.expert_in, RC, E, R, C, F);
-              moe_batched_linear_backward_input(a.d_expert_in, RC, a.d_expert_hidden, RF, w.fc_w, FC, E, R, C, F);
+              batched_linear_backward_weight(g.experts.fc_w, FC, a.d_expert_hidden, RF, a.expert_in, RC, E, R, C, F);
+              batched_linear_backward_input(a.d_expert_in, RC, a.d_expert_hidden, RF, w.experts.fc_w, FC, E, R, C, F);
           });
-    stage("expert bias+GELU (bwd: GELU', bias grads)", [&] { moe_bias_gelu(a.expert_fc, a.expert_act, w.fc_b, a.slot_choice, E, R, F); },
+    stage("expert bias+GELU (bwd: GELU', bias grads)",
+          [&] { expert_hidden_forward(a.expert_pre, a.expert_act, w.experts.fc_b, a.slot_choice, E, R, F); },
           [&] {
-              moe_gelu_backward(a.d_expert_hidden, a.expert_fc, (long)E * R * F);
-              moe_bias_backward(g.fc_b, a.d_expert_hidden, RF, E, R, F);
-              moe_bias_backward(g.proj_b, a.d_expert_out, RC, E, R, C);
+              gelu_backward(a.d_expert_hidden, a.expert_pre, a.d_expert_hidden, (long)E * R * F);
+              bias_backward(g.experts.fc_b, a.d_expert_hidden, RF, E, R, F, 1);
+              bias_backward(g.experts.proj_b, a.d_expert_out, RC, E, R, C, 1);
           });
-    stage("expert proj GEMM (batched over E)",
-          [&] { moe_batched_linear_forward(a.expert_out, RC, a.expert_act, RF, w.proj_w, FC, E, R, F, C); },
+    stage("expert proj GEMM + bias (batched over E)",
           [&] {
-              moe_batched_linear_backward_input(a.d_expert_hidden, RF, a.d_expert_out, RC, w.proj_w, FC, E, R, F, C);
-              moe_batched_linear_backward_weight(g.proj_w, FC, a.d_expert_out, RC, a.expert_act, RF, E, R, F, C);
+              batched_linear_forward(a.expert_out, RC, a.expert_act, RF, w.experts.proj_w, FC, E, R, F, C);
+              expert_output_bias(a.expert_out, w.experts.proj_b, a.slot_choice, E, R, C);
+          },
+          [&] {
+              batched_linear_backward_input(a.d_expert_hidden, RF, a.d_expert_out, RC, w.experts.proj_w, FC, E, R, F, C);
+              batched_linear_backward_weight(g.experts.proj_w, FC, a.d_expert_out, RC, a.expert_act, RF, E, R, F, C);
           });
-    stage("combine (bwd: dy = g dout per buffer row)", [&] { moe_combine(out, a, w, cfg); },
-          [&] { moe_combine_backward(a, dout, cfg); });
-    stage("aux/z losses (bwd: inside softmax/top-k)", [&] { moe_aux_z(a, cfg); }, nullptr);
+    stage("combine (bwd: dy = g dout per row; dg per choice)",
+          [&] { moe_combine(out, a.expert_out, a.shared_out, a.gates, a.topk_idx, a.kept, a.slot, N, C, K, R, 0); },
+          [&] {
+              moe_combine_backward(a.d_expert_out, a.d_gates, dout, a.expert_out, a.gates, a.topk_idx, a.kept, a.slot,
+                                   a.slot_choice, N, E, C, K, R);
+          });
+    stage("aux/z losses (bwd: inside the router backward)",
+          [&] { moe_router_losses(a.aux, a.z, a.probs, a.router_lse, a.tokens_per_expert_routed, N, E, K); }, nullptr);
     row("sum of stages", total_f, total_b);
-    const double moe_f = median_ms([&] { moe_forward(out, a, w, u, cfg, true); });
-    const double moe_b = median_ms([&] { moe_backward(du, g, dout, a, w, u, cfg, 0.01f, 0.001f, true); });
+    const double moe_f = median_ms([&] { moe_forward(out, a, w, u, cfg, N, &noise, 0); });
+    const double moe_b = median_ms([&] { moe_backward(du, g, dout, a, w, u, cfg); });
     row("moe_forward / moe_backward", moe_f, moe_b);
 
     // the dense FFN of equal active compute: F = 4C on every token (K=2 experts of F=2C each)

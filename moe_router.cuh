@@ -1,0 +1,330 @@
+// moe_router.cuh: the router: which experts a token goes to, with what weights, and the two losses
+// that keep it healthy (docs/model.md, "Router", "Noisy top-k gating", "Auxiliary losses").
+//
+//   r_t = W_r u_t                                  router logits (N,E)
+//   h_t = r_t + eps_t * softplus(W_n u_t)          noisy logits, training only (else h = r)
+//   p_t = softmax(h_t)                             probabilities
+//   e_t1..e_tK = the K largest p_t[i]              top-K, highest first, ties to the lower index
+//   g_tj = p_t[e_tj] / sum_j' p_t[e_tj']           gates (K > 1; with K = 1, g_t1 = p_t[e_t1])
+//   aux = E sum_i f_i P_i                          load balance, f_i = routed_i / (N K), P_i = mean_t p_t[i]
+//   z   = (1/N) sum_t logsumexp(r_t)^2             keeps the logits small
+//   loss += aux_coef * aux + z_coef * z
+//
+// Each step's forward and backward are device functions side by side below; one kernel per
+// direction (a thread per token, its E <= MOE_MAX_EXPERTS values in registers) runs them in order.
+#pragma once
+#include <cstdint>
+#include "common.cuh"
+#include "model_config.h"  // MOE_MAX_EXPERTS
+
+// ----------------------------------------------------------------------------------------------
+// router logits:  r = u W_r^T  and, with noise, n = u W_n^T   (both (N,E), no bias)
+
+inline void moe_router_logits_forward(float* logits,        // (N,E)
+                                      float* noise_logits,  // (N,E), written when noisy
+                                      const float* router_w,// (E,C)
+                                      const float* noise_w, // (E,C)
+                                      const float* u,       // (N,C)
+                                      int N, int C, int E, bool noisy) {
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_CHECK(cublasSgemm(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, E, N, C, &one, router_w, C, u, C, &zero,
+                             logits, E));
+    if (noisy)
+        CUBLAS_CHECK(cublasSgemm(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, E, N, C, &one, noise_w, C, u, C, &zero,
+                                 noise_logits, E));
+}
+
+// du += dr W_r (+ dn W_n);   dW_r += dr^T u;   dW_n += dn^T u
+inline void moe_router_logits_backward(float* du,                  // (N,C) +=
+                                       float* d_router_w,          // (E,C) +=
+                                       float* d_noise_w,           // (E,C) +=
+                                       const float* d_logits,      // (N,E)
+                                       const float* d_noise_logits,// (N,E)
+                                       const float* router_w, const float* noise_w, const float* u,
+                                       int N, int C, int E, bool noisy) {
+    const float one = 1.0f;
+    cublasHandle_t h = cublas_handle();
+    CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, C, N, E, &one, router_w, C, d_logits, E, &one, du, C));
+    CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, C, E, N, &one, u, C, d_logits, E, &one, d_router_w, C));
+    if (noisy) {
+        CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, C, N, E, &one, noise_w, C, d_noise_logits, E, &one, du,
+                                 C));
+        CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, C, E, N, &one, u, C, d_noise_logits, E, &one, d_noise_w,
+                                 C));
+    }
+}
+
+// ----------------------------------------------------------------------------------------------
+// router noise:  eps ~ N(0, 1), a fresh (N,E) draw for every (training step, layer)
+//
+// The draws come from one Philox stream per run; draw d = step * layers + layer starts at offset
+// d * count (count = N*E rounded up to even, as cuRAND's normal generator wants), so a resumed run
+// sees exactly the noise it would have seen. The generator remembers where it stands: moving it
+// costs a re-initialisation, which consecutive draws skip.
+struct RouterNoise {
+    curandGenerator_t generator = nullptr;
+    unsigned long long position = ~0ull;  // offset of the generator's next number
+};
+
+inline void router_noise_create(RouterNoise& noise, uint64_t seed) {
+    CURAND_CHECK(create_generator(&noise.generator, CURAND_RNG_PSEUDO_PHILOX4_32_10));
+    CURAND_CHECK(curandSetPseudoRandomGeneratorSeed(noise.generator, seed ^ 0x6E6F697365ull));  // "noise"
+}
+
+inline void router_noise_destroy(RouterNoise& noise) {
+    if (noise.generator) curandDestroyGenerator(noise.generator);
+    noise = RouterNoise{};
+}
+
+// Noise values one draw needs for N tokens and E experts.
+inline size_t router_noise_count(int N, int E) {
+    const size_t count = (size_t)N * E;
+    return count + count % 2;
+}
+
+inline void router_noise_draw(float* eps,  // (router_noise_count(N, E))
+                              RouterNoise& noise, unsigned long long draw, int N, int E) {
+    const size_t count = router_noise_count(N, E);
+    const unsigned long long offset = draw * count;
+    if (offset != noise.position) CURAND_CHECK(curandSetGeneratorOffset(noise.generator, offset));
+    CURAND_CHECK(curandGenerateNormal(noise.generator, eps, count, 0.0f, 1.0f));
+    noise.position = offset + count;
+}
+
+// noisy logits:  h_i = r_i + eps_i softplus(n_i)
+// backward:      dn_i = dh_i eps_i sigmoid(n_i)            (softplus' = sigmoid; dr_i = dh_i)
+__device__ inline float softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+__device__ inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__device__ inline void router_noisy_logits(float* h, const float* r, const float* n, const float* eps, int E) {
+    for (int i = 0; i < E; i++) h[i] = n ? r[i] + eps[i] * softplus(n[i]) : r[i];
+}
+
+__device__ inline void router_noisy_logits_backward(float* dn, const float* dh, const float* n, const float* eps,
+                                                    int E) {
+    for (int i = 0; i < E; i++) dn[i] = dh[i] * eps[i] * sigmoid(n[i]);
+}
+
+// ----------------------------------------------------------------------------------------------
+// softmax:   p_i = exp(h_i - max h) / sum_k exp(h_k - max h)
+// backward:  dh_i = p_i (dp_i - sum_k p_k dp_k)              (in place on dp)
+
+__device__ inline void router_softmax(float* p, const float* h, int E) {
+    float hmax = -INFINITY;
+    for (int i = 0; i < E; i++) hmax = fmaxf(hmax, h[i]);
+    float sum = 0.0f;
+    for (int i = 0; i < E; i++) {
+        p[i] = expf(h[i] - hmax);
+        sum += p[i];
+    }
+    for (int i = 0; i < E; i++) p[i] = p[i] / sum;
+}
+
+__device__ inline void router_softmax_backward(float* dp_to_dh, const float* p, int E) {
+    float pdp = 0.0f;
+    for (int i = 0; i < E; i++) pdp += p[i] * dp_to_dh[i];
+    for (int i = 0; i < E; i++) dp_to_dh[i] = p[i] * (dp_to_dh[i] - pdp);
+}
+
+// ----------------------------------------------------------------------------------------------
+// top-K and gates:  e_1..e_K = the K largest p_i (highest first; equal values go to the lower
+// index i), g_j = p_{e_j} / D with D = sum_j' p_{e_j'} when K > 1, g_1 = p_{e_1} when K = 1.
+// backward (D counts every chosen expert, dropped ones too):
+//   K > 1:  dp_{e_j} += (dg_j - sum_j' dg_j' g_j') / D
+//   K = 1:  dp_{e_1} += dg_1
+
+// K passes of argmax over the experts not taken yet (a 64-bit mask: E <= 64); the strict '>'
+// keeps the lower index on ties, and a row of NaNs still yields K distinct experts.
+__device__ inline void router_top_k(int* topk_idx, float* gates, const float* p, int E, int K) {
+    unsigned long long taken = 0;
+    float chosen_sum = 0.0f;
+    for (int j = 0; j < K; j++) {
+        int best = -1;
+        float best_p = 0.0f;
+        for (int i = 0; i < E; i++) {
+            if ((taken >> i) & 1ull) continue;
+            if (best < 0 || p[i] > best_p) { best_p = p[i]; best = i; }
+        }
+        taken |= 1ull << best;
+        topk_idx[j] = best;
+        gates[j] = best_p;
+        chosen_sum += best_p;
+    }
+    if (K > 1)
+        for (int j = 0; j < K; j++) gates[j] = gates[j] / chosen_sum;
+}
+
+__device__ inline void router_top_k_backward(float* dp, const float* d_gates, const float* gates, const int* topk_idx,
+                                             const float* p, int K) {
+    float denom = 0.0f, dg_dot_g = 0.0f;
+    for (int j = 0; j < K; j++) {
+        denom += p[topk_idx[j]];
+        dg_dot_g += d_gates[j] * gates[j];
+    }
+    for (int j = 0; j < K; j++) dp[topk_idx[j]] += K > 1 ? (d_gates[j] - dg_dot_g) / denom : d_gates[j];
+}
+
+// ----------------------------------------------------------------------------------------------
+// the auxiliary losses
+//
+//   aux = E sum_i f_i P_i,   f_i = routed_i / (N K) (choices before capacity drops),  P_i = (1/N) sum_t p_t[i]
+//         1 for perfectly uniform routing; f is a count, so only P carries a gradient:
+//         d(aux_coef aux)/dp_t[i] = aux_coef E f_i / N
+//   z   = (1/N) sum_t lse_t^2,   lse_t = logsumexp_i r_t[i]   (on the clean logits r)
+//         d(z_coef z)/dr_t[i] = z_coef (2/N) lse_t softmax(r_t)_i
+
+__device__ inline float router_logsumexp(const float* r, int E) {
+    float rmax = -INFINITY;
+    for (int i = 0; i < E; i++) rmax = fmaxf(rmax, r[i]);
+    float sum = 0.0f;
+    for (int i = 0; i < E; i++) sum += expf(r[i] - rmax);
+    return rmax + logf(sum);
+}
+
+// dp_i = the aux-loss gradient (the start of dp: the gates' gradient is added after)
+__device__ inline void aux_loss_backward(float* dp, const int* routed, float aux_coef, int N, int E, int K) {
+    const float scale = aux_coef * (float)E / ((float)N * (float)N * (float)K);
+    for (int i = 0; i < E; i++) dp[i] = scale * (float)routed[i];
+}
+
+// dr_i = dh_i + the z-loss gradient
+__device__ inline void z_loss_backward(float* dr, const float* dh, const float* r, float lse, float z_coef, int N,
+                                       int E) {
+    const float scale = z_coef * 2.0f * lse / (float)N;
+    for (int i = 0; i < E; i++) dr[i] = dh[i] + scale * expf(r[i] - lse);
+}
+
+// Both losses of one layer (one block, fixed-order reductions). Warp w sums the rows t = w, w+W,
+// ... of p (lane l: columns l and l + 32); thread i then adds the W warp partials of column i in
+// warp order, and thread 0 finishes both sums. One block is enough: the work is N*E adds.
+__global__ void moe_router_losses_kernel(float* aux,          // (1)
+                                         float* z,            // (1)
+                                         const float* probs,  // (N,E)
+                                         const float* lse,    // (N)
+                                         const int* routed,   // (E)
+                                         int N, int E, int K) {
+    constexpr int block_size = 256, warps = block_size / 32;
+    __shared__ float column_partial[warps][MOE_MAX_EXPERTS];
+    __shared__ float z_partial[block_size];
+    __shared__ float column_sum[MOE_MAX_EXPERTS];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    float a0 = 0.0f, a1 = 0.0f;
+    for (int t = warp; t < N; t += warps) {
+        if (lane < E) a0 += probs[(long)t * E + lane];
+        if (lane + 32 < E) a1 += probs[(long)t * E + lane + 32];
+    }
+    column_partial[warp][lane] = a0;
+    column_partial[warp][lane + 32] = a1;
+    float zs = 0.0f;
+    for (int t = threadIdx.x; t < N; t += block_size) zs += lse[t] * lse[t];
+    z_partial[threadIdx.x] = zs;
+    __syncthreads();
+    if ((int)threadIdx.x < E) {
+        float s = 0.0f;
+        for (int w = 0; w < warps; w++) s += column_partial[w][threadIdx.x];
+        column_sum[threadIdx.x] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float a = 0.0f;
+        for (int i = 0; i < E; i++) a += ((float)routed[i] / (float)(N * K)) * (column_sum[i] / (float)N);
+        *aux = (float)E * a;
+        float s = 0.0f;
+        for (int i = 0; i < block_size; i++) s += z_partial[i];
+        *z = s / (float)N;
+    }
+}
+
+inline void moe_router_losses(float* aux, float* z, const float* probs, const float* lse, const int* routed, int N,
+                              int E, int K) {
+    moe_router_losses_kernel<<<1, 256>>>(aux, z, probs, lse, routed, N, E, K);
+    CUDA_CHECK_LAUNCH();
+}
+
+// The model's losses = [total, ce, aux summed over layers, z summed over layers] take this layer's
+// share: total += aux_coef aux + z_coef z. (One thread: four floats, no host round trip.)
+__global__ void moe_add_losses_kernel(float* losses,     // (4)
+                                      const float* aux,  // (1)
+                                      const float* z,    // (1)
+                                      float aux_coef, float z_coef) {
+    losses[0] += aux_coef * aux[0] + z_coef * z[0];
+    losses[2] += aux[0];
+    losses[3] += z[0];
+}
+
+inline void moe_add_losses(float* losses, const float* aux, const float* z, float aux_coef, float z_coef) {
+    moe_add_losses_kernel<<<1, 1>>>(losses, aux, z, aux_coef, z_coef);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ----------------------------------------------------------------------------------------------
+// the router, forward: logits -> (noise) -> softmax -> top-K -> gates, and lse for the z-loss
+//
+// One thread per token: its E logits and probabilities live in registers (E <= MOE_MAX_EXPERTS);
+// the reads of a warp's 32 tokens are E floats apart, which the L1 cache absorbs for E <= 64.
+__global__ void moe_route_kernel(float* probs,              // (N,E)
+                                 float* gates,              // (N,K)
+                                 int* topk_idx,             // (N,K)
+                                 float* lse,                // (N)
+                                 const float* logits,       // (N,E) r
+                                 const float* noise_logits, // (N,E) n = W_n u   (nullptr: no noise)
+                                 const float* eps,          // (N,E)             (nullptr: no noise)
+                                 int N, int E, int K) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= N) return;
+    const long row = (long)t * E;
+    const float* r = logits + row;
+    float h[MOE_MAX_EXPERTS], p[MOE_MAX_EXPERTS];
+    router_noisy_logits(h, r, noise_logits ? noise_logits + row : nullptr, eps ? eps + row : nullptr, E);
+    router_softmax(p, h, E);
+    for (int i = 0; i < E; i++) probs[row + i] = p[i];
+    lse[t] = router_logsumexp(r, E);
+    router_top_k(topk_idx + (long)t * K, gates + (long)t * K, p, E, K);
+}
+
+inline void moe_route(float* probs, float* gates, int* topk_idx, float* lse, const float* logits,
+                      const float* noise_logits, const float* eps, int N, int E, int K) {
+    const int block_size = 64;
+    moe_route_kernel<<<ceil_div(N, block_size), block_size>>>(probs, gates, topk_idx, lse, logits, noise_logits, eps,
+                                                             N, E, K);
+    CUDA_CHECK_LAUNCH();
+}
+
+// ----------------------------------------------------------------------------------------------
+// the router, backward: the same steps in reverse, one thread per token
+//   dp = aux gradient;  dp += gates' gradient (dg from the combine);  dh = softmax backward;
+//   dr = dh + z gradient;  dn = noise backward of dh
+__global__ void moe_router_backward_kernel(float* d_logits,            // (N,E)
+                                           float* d_noise_logits,      // (N,E)  (nullptr: no noise)
+                                           const float* d_gates,       // (N,K)  dL/dg from the combine
+                                           const float* probs,         // (N,E)
+                                           const float* gates,         // (N,K)
+                                           const int* topk_idx,        // (N,K)
+                                           const float* logits,        // (N,E)  r
+                                           const float* lse,           // (N)
+                                           const float* noise_logits,  // (N,E)
+                                           const float* eps,           // (N,E)
+                                           const int* routed,          // (E)
+                                           int N, int E, int K, float aux_coef, float z_coef) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= N) return;
+    const long row = (long)t * E, choices = (long)t * K;
+    const float* p = probs + row;
+    float d[MOE_MAX_EXPERTS];  // dp, then dh in place
+    aux_loss_backward(d, routed, aux_coef, N, E, K);
+    router_top_k_backward(d, d_gates + choices, gates + choices, topk_idx + choices, p, K);
+    router_softmax_backward(d, p, E);
+    z_loss_backward(d_logits + row, d, logits + row, lse[t], z_coef, N, E);
+    if (d_noise_logits) router_noisy_logits_backward(d_noise_logits + row, d, noise_logits + row, eps + row, E);
+}
+
+inline void moe_router_backward(float* d_logits, float* d_noise_logits, const float* d_gates, const float* probs,
+                                const float* gates, const int* topk_idx, const float* logits, const float* lse,
+                                const float* noise_logits, const float* eps, const int* routed, int N, int E, int K,
+                                float aux_coef, float z_coef) {
+    const int block_size = 64;
+    moe_router_backward_kernel<<<ceil_div(N, block_size), block_size>>>(d_logits, d_noise_logits, d_gates, probs,
+                                                                       gates, topk_idx, logits, lse, noise_logits,
+                                                                       eps, routed, N, E, K, aux_coef, z_coef);
+    CUDA_CHECK_LAUNCH();
+}
