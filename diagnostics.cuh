@@ -1,10 +1,9 @@
 // diagnostics.cuh: what an MoE layer did in a step, as numbers (MODEL_SPEC "Diagnostics").
 //
 // Two halves:
-//   1. Host helpers in plain C++: the routing and accounting formulas of the MoE exercises
-//      (capacity, drop rate, aux loss, entropy, all-to-all traffic, top-k, parameter counts), the
-//      total / active parameter count of a whole model, and the expert-specialisation tables
-//      (expert x character counts, domain x expert shares, mutual information).
+//   1. Expert specialisation, in plain C++ on the host: which characters each expert received
+//      (ExpertCharCounts), how each domain of a multi-domain corpus spread over the experts
+//      (DomainExpertTable), and the mutual information between domain and expert.
 //   2. Device statistics: for one MoE layer, a few kernels read the layer's routing tensors and the
 //      expert gradients where they live and fill one small device buffer (`MoeStatsBuffer`); at a
 //      log step the host copies that buffer once (`moe_stats_read`, a single cudaMemcpy) into a
@@ -36,106 +35,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <numeric>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "common.cuh"
+#include "model_config.h"
 #include "moe_layer.cuh"
 
 // ================================================================================================
-// 1. Host helpers (pure C++)
-
-// Expert capacity ceil(factor * tokens * k / experts), in double, left to right as moe_config_finalize
-// does; factor <= 0 means no limit, returned as `tokens` (a token uses an expert at most once).
-inline int capacity_for(long tokens, int experts, double factor, int k = 1) {
-    if (factor <= 0.0) return (int)tokens;
-    return (int)std::ceil(factor * (double)tokens * (double)k / (double)experts);
-}
-
-// Fraction of the load that does not fit: sum_e max(0, load_e - capacity) / sum_e load_e.
-inline double drop_rate_from_loads(const std::vector<int>& loads, int capacity) {
-    long over = 0, total = 0;
-    for (int l : loads) {
-        over += std::max(0, l - capacity);
-        total += l;
-    }
-    return total > 0 ? (double)over / (double)total : 0.0;
-}
-
-// Switch load-balance loss: E * sum_i f_i P_i (E = the length of f).
-inline double aux_loss(const std::vector<double>& f, const std::vector<double>& P) {
-    double s = 0;
-    for (size_t i = 0; i < f.size() && i < P.size(); i++) s += f[i] * P[i];
-    return (double)f.size() * s;
-}
-
-// Shannon entropy in nats, 0 ln 0 = 0.
-inline double entropy(const std::vector<double>& p) {
-    double h = 0;
-    for (double x : p)
-        if (x > 0) h -= x * std::log(x);
-    return h;
-}
-
-// Tokens whose expert lives on another rank: count of i with origin[i] != expert_rank[chosen[i]].
-inline long cross_rank_tokens(const std::vector<int>& origin, const std::vector<int>& expert_rank,
-                              const std::vector<int>& chosen) {
-    long n = 0;
-    for (size_t i = 0; i < origin.size() && i < chosen.size(); i++) n += origin[i] != expert_rank[chosen[i]];
-    return n;
-}
-
-// Rank that holds expert e (of E) with R ranks, and rank where token n (of N) starts.
-inline int expert_rank_of(int e, int E, int R) { return (int)((long)e * R / E); }
-inline int token_rank_of(long n, long N, int R) { return (int)(n * R / N); }
-
-// The k largest entries of p, highest first; equal values go to the lower index (MODEL_SPEC 4).
-// (NumPy's argsort(p)[-k:][::-1] breaks ties the other way: for [0.10, 0.40, 0.25, 0.25] it gives
-// 1, 3; the model, and this function, give 1, 2.)
-inline std::vector<int> top_k(const std::vector<double>& p, int k) {
-    std::vector<int> idx(p.size());
-    std::iota(idx.begin(), idx.end(), 0);
-    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return p[a] > p[b]; });
-    idx.resize(std::min<size_t>(idx.size(), (size_t)std::max(0, k)));
-    return idx;
-}
-
-// Expert weight matrices of the exercises (two d x d_ff matrices per expert, biases not counted).
-inline long long expert_params_total(long long d, long long d_ff, long long experts) { return experts * 2 * d * d_ff; }
-inline long long expert_params_active(long long d, long long d_ff, long long k) { return k * 2 * d * d_ff; }
-
-// Parameter counts of a whole model (MODEL_SPEC tensor list; wte is tied, counted once).
-struct ParamCounts {
-    long long total = 0;   // every parameter
-    long long active = 0;  // used by one token: all but the E-K routed experts it skips, per MoE layer
-    double ratio() const { return active > 0 ? (double)total / (double)active : 0.0; }
-};
-
-// E == 0: a dense model whose FFN has hidden width F. E > 0: every block is MoE with E routed
-// experts of width F (K per token) and S shared experts of width Fs; the router and noise weights
-// (E x C each) count as total and active.
-inline ParamCounts model_param_counts(int V, int block_size, int L, int C, int F, int E = 0, int K = 0, int S = 0,
-                                      int Fs = 0) {
-    const long long c = C;
-    auto ffn = [c](long long hidden) { return 2 * hidden * c + hidden + c; };  // c_fc (w, b) + c_proj (w, b)
-    long long per_block = 2 * c + (3 * c * c + 3 * c) + (c * c + c) + 2 * c;   // ln_1, c_attn, c_proj, ln_2
-    long long per_block_active = per_block;
-    if (E == 0) {
-        per_block += ffn(F);
-        per_block_active += ffn(F);
-    } else {
-        long long routing = 2LL * E * c;  // router + noise
-        per_block += routing + (long long)E * ffn(F) + (long long)S * ffn(Fs);
-        per_block_active += routing + (long long)K * ffn(F) + (long long)S * ffn(Fs);
-    }
-    long long global = (long long)V * c + (long long)block_size * c + 2 * c;  // wte, wpe, ln_f
-    ParamCounts p;
-    p.total = global + L * per_block;
-    p.active = global + L * per_block_active;
-    return p;
-}
+// 1. Expert specialisation (host)
 
 // Mutual information (nats) between the row and the column variable of a joint count table
 // (rows x cols, row-major): sum p(r,c) ln(p(r,c) / (p(r) p(c))). 0 for independent rows and
@@ -514,14 +423,15 @@ inline MoeStats moe_stats_read(const MoeStatsBuffer& buf, int N, int E, int K, i
     CUDA_CHECK(cudaMemcpy(header.data(), buf.device, header.size(), cudaMemcpyDeviceToHost));
     return moe_stats_from_header(header.data(), N, E, K, C, capacity, ep_ranks);
 }
-inline MoeStats moe_stats_read(const MoeStatsBuffer& buf, const MoeConfig& cfg, int ep_ranks) {
-    return moe_stats_read(buf, cfg.N, cfg.E, cfg.K, cfg.C, cfg.capacity, ep_ranks);
+// The same for a layer of the model cfg in a pass of N tokens.
+inline MoeStats moe_stats_read(const MoeStatsBuffer& buf, const ModelConfig& cfg, int N, int ep_ranks) {
+    return moe_stats_read(buf, N, cfg.experts, cfg.top_k, cfg.dim, expert_capacity(cfg, N), ep_ranks);
 }
 
 // Copies a layer's routing to the host (end of run: specialisation tables). Two D2H copies.
 inline void moe_copy_routing(std::vector<int>& topk_idx, std::vector<int>& kept, const MoeActivations& acts,
-                             const MoeConfig& cfg) {
-    const size_t n = (size_t)cfg.N * cfg.K;
+                             const ModelConfig& cfg, int N) {
+    const size_t n = (size_t)N * cfg.top_k;
     topk_idx.resize(n);
     kept.resize(n);
     CUDA_CHECK(cudaMemcpy(topk_idx.data(), acts.topk_idx, n * sizeof(int), cudaMemcpyDeviceToHost));
