@@ -20,8 +20,28 @@ comma := ,
 CURAND_LIB := $(if $(CURAND_DIR),-L$(dir $(CURAND_DIR)) -Wl$(comma)-rpath$(comma)$(dir $(CURAND_DIR)) -lcurand,)
 CURAND_FLAG := $(if $(CURAND_DIR),,-DSIMT_NO_CURAND)
 
+# The sources are plain CUDA (kernel<<<grid, block, shared_bytes, stream>>>(...), extern __shared__).
+# Every g++ build (CPU, ASan, benches, ablate) compiles copies of all project sources under $(SRC), in
+# which simt/cuda_to_cpp has rewritten those two spellings into calls of the SIMT layer (see
+# simt/cuda_to_cpp.h). Each copy starts with #line 1 "<original path>", so compiler errors, __FILE__
+# and __LINE__ name the original file and line. -I$(SRC) (and no -I.) resolves every quoted include to
+# a copy; an include of a file in the same directory finds the copy beside it. g++ runs inside $(SRC)
+# ($(IN_SRC) ... $(REL)) so that the main file's name is its original path too (otherwise g++ takes
+# the #line name for a header's and warns about anonymous namespaces). nvcc compiles the originals.
+SRC := $(BUILD)/src
+CUDA_TO_CPP := $(BUILD)/tools/cuda_to_cpp
+PROJECT_SOURCES := $(patsubst ./%,%,$(shell find . \( -name .git -o -name build -o -name runs -o -path './$(BUILD)' \) -prune \
+                     -o -type f \( -name '*.h' -o -name '*.cuh' -o -name '*.cu' -o -name '*.cpp' \) -print))
+REWRITTEN := $(addprefix $(SRC)/,$(PROJECT_SOURCES))
+REWRITTEN_HEADERS := $(filter %.h %.cuh,$(REWRITTEN))
+# copies whose original was deleted or renamed go too, so an include can never find a stale copy
+STALE := $(filter-out $(REWRITTEN),$(shell find $(SRC) -type f ! -name '*.tmp' 2>/dev/null))
+$(if $(STALE),$(shell rm -f $(STALE)))
+IN_SRC = cd $(SRC) &&
+REL = $(patsubst $(abspath $(SRC))/%,%,$(abspath $<))
+
 WARN := -Wall -Wextra
-CPU_FLAGS := -std=c++20 -O2 -g -march=native $(WARN) -I. -I/usr/include/x86_64-linux-gnu $(CURAND_FLAG)
+CPU_FLAGS := -std=c++20 -O2 -g -march=native $(WARN) -I$(abspath $(SRC)) -I/usr/include/x86_64-linux-gnu $(CURAND_FLAG)
 ifeq ($(FIBERS),ucontext)
   CPU_FLAGS += -DSIMT_FIBERS_UCONTEXT
   FIBER_LIB :=
@@ -31,14 +51,14 @@ endif
 CPU_LIBS := $(FIBER_LIB) -lopenblas $(CURAND_LIB) -lstb -lpthread
 
 ASAN_FLAGS := -std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-              $(WARN) -I. -I/usr/include/x86_64-linux-gnu -DSIMT_FIBERS_UCONTEXT $(CURAND_FLAG)
+              $(WARN) -I$(abspath $(SRC)) -I/usr/include/x86_64-linux-gnu -DSIMT_FIBERS_UCONTEXT $(CURAND_FLAG)
 ASAN_LIBS := -lopenblas $(CURAND_LIB) -lstb -lpthread
 
 NVCC_FLAGS := -std=c++20 -O3 -I. --expt-relaxed-constexpr \
               -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
               -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall,-Wextra
 
-HEADERS := $(wildcard *.cuh *.h simt/*.h data/*.h tests/*.h tests/*.cuh)
+HEADERS := $(filter %.h %.cuh,$(PROJECT_SOURCES))
 TEST_SRCS := $(wildcard tests/test_*.cpp)
 CPU_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/cpu/tests/%.o,$(TEST_SRCS))
 ASAN_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/asan/tests/%.o,$(TEST_SRCS))
@@ -53,32 +73,45 @@ help:
 deps:
 	@./deps.sh
 
-# ---------------------------------------------------------------- CPU build (g++ + SIMT layer)
-$(BUILD)/cpu/simt.o: simt/simt.cpp $(HEADERS)
+# ---------------------------------------------------------------- the rewritten copies (g++ builds)
+$(CUDA_TO_CPP): simt/cuda_to_cpp.cpp simt/cuda_to_cpp.h
 	@mkdir -p $(dir $@)
-	$(CXX) $(CPU_FLAGS) -c $< -o $@
+	$(CXX) -std=c++20 -O2 $(WARN) $< -o $@
 
-$(BUILD)/cpu/tests/%.o: tests/%.cpp $(HEADERS)
+# a construct the rewrite does not understand stops the build here, with file:line
+$(SRC)/%: % $(CUDA_TO_CPP)
 	@mkdir -p $(dir $@)
-	$(CXX) $(CPU_FLAGS) -c $< -o $@
+	@$(CUDA_TO_CPP) $< $@
+
+.PHONY: rewrite
+rewrite: $(REWRITTEN)
+
+# ---------------------------------------------------------------- CPU build (g++ + SIMT layer)
+$(BUILD)/cpu/simt.o: $(SRC)/simt/simt.cpp $(REWRITTEN_HEADERS)
+	@mkdir -p $(dir $@)
+	$(IN_SRC) $(CXX) $(CPU_FLAGS) -c $(REL) -o $(abspath $@)
+
+$(BUILD)/cpu/tests/%.o: $(SRC)/tests/%.cpp $(REWRITTEN_HEADERS)
+	@mkdir -p $(dir $@)
+	$(IN_SRC) $(CXX) $(CPU_FLAGS) -c $(REL) -o $(abspath $@)
 
 $(BUILD)/cpu/run_tests: $(CPU_TEST_OBJS) $(BUILD)/cpu/simt.o
 	$(CXX) $(CPU_FLAGS) $^ -o $@ -lgtest -lgtest_main $(CPU_LIBS)
 
-train_moe_cpu: train_moe.cu $(HEADERS) $(BUILD)/cpu/simt.o
-	$(CXX) $(CPU_FLAGS) -x c++ $< -x none $(BUILD)/cpu/simt.o -o $@ $(CPU_LIBS)
+train_moe_cpu: $(SRC)/train_moe.cu $(REWRITTEN_HEADERS) $(BUILD)/cpu/simt.o
+	$(IN_SRC) $(CXX) $(CPU_FLAGS) -x c++ $(REL) -x none $(abspath $(BUILD)/cpu/simt.o) -o $(abspath $@) $(CPU_LIBS)
 
 test-cpu: $(BUILD)/cpu/run_tests train_moe_cpu
 	$(BUILD)/cpu/run_tests --gtest_output=json:$(BUILD)/cpu/results.json
 
 # ---------------------------------------------------------------- sanitizer build (ucontext fibers)
-$(BUILD)/asan/simt.o: simt/simt.cpp $(HEADERS)
+$(BUILD)/asan/simt.o: $(SRC)/simt/simt.cpp $(REWRITTEN_HEADERS)
 	@mkdir -p $(dir $@)
-	$(CXX) $(ASAN_FLAGS) -c $< -o $@
+	$(IN_SRC) $(CXX) $(ASAN_FLAGS) -c $(REL) -o $(abspath $@)
 
-$(BUILD)/asan/tests/%.o: tests/%.cpp $(HEADERS)
+$(BUILD)/asan/tests/%.o: $(SRC)/tests/%.cpp $(REWRITTEN_HEADERS)
 	@mkdir -p $(dir $@)
-	$(CXX) $(ASAN_FLAGS) -c $< -o $@
+	$(IN_SRC) $(CXX) $(ASAN_FLAGS) -c $(REL) -o $(abspath $@)
 
 $(BUILD)/asan/run_tests: $(ASAN_TEST_OBJS) $(BUILD)/asan/simt.o
 	$(CXX) $(ASAN_FLAGS) $^ -o $@ -lgtest -lgtest_main $(ASAN_LIBS)
@@ -108,24 +141,24 @@ nvcc-check:
 
 # ---------------------------------------------------------------- MoE layer bench (stage table)
 .PHONY: bench-moe
-$(BUILD)/cpu/bench_moe: bench/bench_moe.cpp $(HEADERS) $(BUILD)/cpu/simt.o
-	$(CXX) $(CPU_FLAGS) $< $(BUILD)/cpu/simt.o -o $@ $(CPU_LIBS)
+$(BUILD)/cpu/bench_moe: $(SRC)/bench/bench_moe.cpp $(REWRITTEN_HEADERS) $(BUILD)/cpu/simt.o
+	$(IN_SRC) $(CXX) $(CPU_FLAGS) $(REL) $(abspath $(BUILD)/cpu/simt.o) -o $(abspath $@) $(CPU_LIBS)
 
 bench-moe: $(BUILD)/cpu/bench_moe
 	$(BUILD)/cpu/bench_moe
 
 # ---------------------------------------------------------------- GPT kernel bench (per-launcher table)
 .PHONY: bench-kernels
-$(BUILD)/cpu/bench_kernels: bench/bench_kernels.cpp $(HEADERS) $(BUILD)/cpu/simt.o
-	$(CXX) $(CPU_FLAGS) $< $(BUILD)/cpu/simt.o -o $@ $(CPU_LIBS)
+$(BUILD)/cpu/bench_kernels: $(SRC)/bench/bench_kernels.cpp $(REWRITTEN_HEADERS) $(BUILD)/cpu/simt.o
+	$(IN_SRC) $(CXX) $(CPU_FLAGS) $(REL) $(abspath $(BUILD)/cpu/simt.o) -o $(abspath $@) $(CPU_LIBS)
 
 bench-kernels: $(BUILD)/cpu/bench_kernels
 	$(BUILD)/cpu/bench_kernels
 
 # ---------------------------------------------------------------- SIMT layer bench (cost per CUDA thread)
 .PHONY: bench-simt
-$(BUILD)/cpu/bench_simt: bench/bench_simt.cpp $(HEADERS) $(BUILD)/cpu/simt.o
-	$(CXX) $(CPU_FLAGS) $< $(BUILD)/cpu/simt.o -o $@ $(CPU_LIBS)
+$(BUILD)/cpu/bench_simt: $(SRC)/bench/bench_simt.cpp $(REWRITTEN_HEADERS) $(BUILD)/cpu/simt.o
+	$(IN_SRC) $(CXX) $(CPU_FLAGS) $(REL) $(abspath $(BUILD)/cpu/simt.o) -o $(abspath $@) $(CPU_LIBS)
 
 bench-simt: $(BUILD)/cpu/bench_simt
 	$(BUILD)/cpu/bench_simt
@@ -134,9 +167,9 @@ bench-simt: $(BUILD)/cpu/bench_simt
 # Trains the runs that are missing (resumable), then writes ablations/README.md and its plots.
 # ABLATE_ARGS passes options, e.g. ABLATE_ARGS="--report-only" or "--jobs 1".
 .PHONY: ablate
-$(BUILD)/cpu/ablate: ablations/ablate.cpp $(HEADERS)
+$(BUILD)/cpu/ablate: $(SRC)/ablations/ablate.cpp $(REWRITTEN_HEADERS)
 	@mkdir -p $(dir $@)
-	$(CXX) $(CPU_FLAGS) $< -o $@ -lstb
+	$(IN_SRC) $(CXX) $(CPU_FLAGS) $(REL) -o $(abspath $@) -lstb
 
 ablate: data train_moe_cpu $(BUILD)/cpu/ablate
 	$(BUILD)/cpu/ablate $(ABLATE_ARGS)

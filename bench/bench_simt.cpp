@@ -36,8 +36,8 @@ __global__ void shuffle_kernel(int* out) {
 
 // One block per row; block-wide max and sum through warp shuffles and a shared array of partials.
 __global__ void softmax_kernel(float* out, const float* in, int cols) {
-    float* row = dynamic_shared<float>();         // [cols]
-    float* partial = row + cols;                  // [32]
+    extern __shared__ float row[];  // [cols]
+    float* partial = row + cols;    // [32]
     const float* x = in + (long)blockIdx.x * cols;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
     float m = -INFINITY;
@@ -124,21 +124,21 @@ int main() {
     printf("%-46s %10s %12s\n", "measurement", "ms", "ns per unit");
 
     double t = median_ms(reps, [&] {
-        LAUNCH(empty_kernel, blocks, threads, 0, 0);
+        empty_kernel<<<blocks, threads>>>();
         CUDA_CHECK_LAUNCH();
     });
     printf("%-46s %10.2f %12.1f\n", "empty kernel 4096x256 (per CUDA thread)", t, t * 1e6 / nthreads);
     const double t_empty = t;
 
     t = median_ms(reps, [&] {
-        LAUNCH(barrier_kernel, blocks, threads, 0, 0, d_sink);
+        barrier_kernel<<<blocks, threads>>>(d_sink);
         CUDA_CHECK_LAUNCH();
     });
     printf("%-46s %10.2f %12.1f\n", "64 x __syncthreads (per barrier per thread)", t,
            (t - t_empty) * 1e6 / (nthreads * kBarriers));
 
     t = median_ms(reps, [&] {
-        LAUNCH(shuffle_kernel, blocks, threads, 0, 0, d_sink);
+        shuffle_kernel<<<blocks, threads>>>(d_sink);
         CUDA_CHECK_LAUNCH();
     });
     printf("%-46s %10.2f %12.1f\n", "64 x __shfl_xor_sync (per shuffle per thread)", t,
@@ -146,7 +146,7 @@ int main() {
 
     const size_t shared = sizeof(float) * (cols + 32);
     const double t_simt = median_ms(reps, [&] {
-        LAUNCH(softmax_kernel, rows, threads, shared, 0, d_out, d_in, cols);
+        softmax_kernel<<<rows, threads, shared>>>(d_out, d_in, cols);
         CUDA_CHECK_LAUNCH();
     });
     printf("%-46s %10.2f %12.1f\n", "softmax 4096x256, SIMT kernel (per element)", t_simt,

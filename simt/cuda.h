@@ -1,10 +1,11 @@
 // simt/cuda.h: the one header every kernel file includes.
 //
-// Under nvcc it is the CUDA runtime, cuBLAS and cuRAND, plus two spellings that both compilers
-// accept: LAUNCH(...) for a kernel launch and dynamic_shared<T>() for dynamic shared memory.
-// Under g++ it is the SIMT execution layer (simt/simt.h), which runs the very same kernel source
-// on the CPU: block threads as fibers, shared memory, barriers, warp shuffles, atomics, and the
-// runtime / cuBLAS / cuRAND subset the project uses.
+// Under nvcc it is the CUDA runtime, cuBLAS and cuRAND. Under g++ it is the SIMT execution layer
+// (simt/simt.h), which runs the same kernel source on the CPU: block threads as fibers, shared
+// memory, barriers, warp shuffles, atomics, and the runtime / cuBLAS / cuRAND subset the project
+// uses. The kernels are written in CUDA's own spelling (kernel<<<...>>>(...), extern __shared__);
+// the g++ build compiles copies in which the Makefile's rewrite (simt/cuda_to_cpp.h) has turned
+// those two spellings into calls of the SIMT layer.
 #pragma once
 
 #ifdef __CUDACC__
@@ -12,16 +13,17 @@
 #include <cublas_v2.h>
 #include <curand.h>
 
-// LAUNCH(kernel, grid, block, shared_bytes, stream, args...) is kernel<<<grid, block, shared_bytes, stream>>>(args...)
+// ---- transitional: the pre-<<<>>> spellings, kept until the last kernel header stops using them.
+// Delete this block (and its twin in simt/simt.h) when `grep -rn "LAUNCH(\|dynamic_shared<"` over
+// the kernel headers finds nothing.
 #define LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
     kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__)
-
-// The block's dynamic shared memory (the `shared_bytes` of the launch), viewed as T[].
 template <typename T>
 __device__ __forceinline__ T* dynamic_shared() {
     extern __shared__ __align__(16) unsigned char simt_dynamic_shared_memory[];
     return reinterpret_cast<T*>(simt_dynamic_shared_memory);
 }
+// ---- end of transitional block
 
 // The only line that differs between builds for random numbers: on a GPU the device generator,
 // on the CPU libcurand's host generator (which writes into the layer's "device" memory).

@@ -1,4 +1,12 @@
-// simt/simt.h: the SIMT execution layer. Runs CUDA kernel source, unchanged, on the CPU (g++).
+// simt/simt.h: the SIMT execution layer. Runs CUDA kernel source on the CPU (g++).
+//
+// The kernel headers are plain CUDA. For the g++ build the Makefile first copies every source
+// through simt/cuda_to_cpp (see simt/cuda_to_cpp.h), which rewrites CUDA's two non-C++ spellings
+// and nothing else: kernel<<<grid, block, shared_bytes, stream>>>(args) becomes
+// ::simt::launch("kernel", kernel, grid, block, shared_bytes, stream)(args) and
+// `extern __shared__ T name[];` becomes `T* name = ::simt::dynamic_shared<T>();`, with #line
+// directives so that errors and __FILE__ / __LINE__ name the original file and line. Everything
+// else (qualifiers, built-in variables, intrinsics, runtime, cuBLAS, cuRAND) is declared here.
 //
 // How it works, in one paragraph: every CUDA thread of a block is a fiber (a tiny coroutine with
 // its own stack, Boost.Context's fcontext; POSIX ucontext with -DSIMT_FIBERS_UCONTEXT). A block
@@ -18,6 +26,25 @@
 // host pointers passed to kernels, host code touching device memory (when protection is on),
 // memory nobody wrote (cudaMalloc and dynamic shared memory start filled with 0xFF bytes, i.e.
 // float NaN / int -1) and missing barriers (SIMT_SHUFFLE=<seed> runs threads in a random order).
+//
+// What kernels cost on the CPU layer. The kernel headers describe how each kernel maps onto a GPU;
+// these are the reasons behind some of their launch shapes (numbers from `make bench-simt` on the
+// project's 2-core machine, README "Speed"; earlier versions of the layer cost about twice as much):
+//   - A CUDA thread is a fiber: 24-30 ns to start and finish, so a thread should do real work. The
+//     elementwise kernels give each thread 32 to 64 elements, the gradient-norm partials ~256.
+//   - A barrier or a shuffle parks the fiber and switches to the next one: ~21 ns per thread for a
+//     __syncthreads, 25-28 ns per lane for a shuffle. A butterfly over a full warp is 5 shuffles x
+//     32 lanes, which is why the row kernels use 4 to 32 threads per row (threads_per_row in
+//     common.cuh): at C = 128 a full warp per row made the LayerNorm forward ~25x slower here
+//     than 4 lanes per row.
+//   - The threads of a block run one after another on one core, so a block that owns a contiguous
+//     tile (the elementwise kernels' 32 * blockDim elements, the column-sum kernels' 32 columns)
+//     keeps it in L1; a grid-stride loop over the whole tensor would refetch each cache line once
+//     per thread that shares it and is several times slower here (on a GPU both are coalesced).
+//   - Transcendentals are libm's: tanhf costs 3-4 times an expf, so GELU is computed through
+//     0.5 (1 + tanh u) = 1 / (1 + exp(-2u)) (on a GPU the two are within a few instructions).
+//   - Overall, a kernel whose threads each do one element and synchronise costs 60-80x a plain
+//     loop; kernels that give each thread a row segment or a tile come much closer to loops.
 //
 // Never include a CUDA header in this build: everything CUDA-shaped the project uses is declared
 // here, with the real numeric values of the enums.
@@ -51,8 +78,9 @@
 #define __align__(n) alignas(n)
 // Static shared memory: one copy per OS thread. A block runs entirely on one OS thread and its
 // fibers share that thread's copy, which is exactly "one copy per block". It is NOT poisoned
-// (it keeps whatever the previous block left there): use dynamic_shared<T>() for arrays whose
-// every element must be written before being read, so a missing write shows up as NaN / -1.
+// (it keeps whatever the previous block left there): use an `extern __shared__` array (dynamic
+// shared memory) where every element must be written before being read, so a missing write shows
+// up as NaN / -1.
 #define __shared__ static thread_local
 // __restrict__ is understood by g++ natively.
 
@@ -249,45 +277,74 @@ bool check_argument(const char* kernel, int index, const T& value) {
 }
 }  // namespace detail
 
-// LAUNCH(kernel, grid, block, shared_bytes, stream, args...) lands here. The arguments are
-// converted to the kernel's parameter types once (as a CUDA launch does), checked, and every
-// CUDA thread then calls kernel(args...) with its own copy. Synchronous: returns when done.
-template <class... Params, class... Args>
-void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
-            cudaStream_t stream, Args&&... args) {
-    static_assert(sizeof...(Params) == sizeof...(Args), "LAUNCH: wrong number of kernel arguments");
+// kernel<<<grid, block, shared_bytes, stream>>>(args...) lands here: the Makefile's source rewrite
+// (simt/cuda_to_cpp.h) turns it into ::simt::launch("kernel", kernel, grid, block, shared_bytes,
+// stream)(args...). launch() takes the configuration and returns the launch; calling it with the
+// arguments converts them to the kernel's parameter types once (as a CUDA launch does), checks
+// them, and every CUDA thread then calls kernel(args...) with its own copy. Synchronous: returns
+// when every block is done.
+template <class... Params>
+struct KernelLaunch {
+    const char* name;
+    void (*kernel)(Params...);
+    dim3 grid, block;
+    size_t shared_bytes;
+
+    template <class... Args>
+    void operator()(Args&&... args) const {
+        static_assert(sizeof...(Params) == sizeof...(Args), "kernel launch: wrong number of kernel arguments");
+        struct Bound {
+            void (*kernel)(Params...);
+            std::tuple<std::decay_t<Params>...> args;
+        };
+        Bound bound{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
+        detail::Launch launch{name, (const void*)kernel, grid, block, shared_bytes,
+                              [](void* b) { std::apply(static_cast<Bound*>(b)->kernel, static_cast<Bound*>(b)->args); },
+                              &bound};
+        if (!detail::validate_launch(launch)) return;
+        bool pointers_ok = std::apply(
+            [&](const auto&... a) {
+                int index = 0;
+                bool ok = true;
+                ((ok = detail::check_argument(name, index++, a) && ok), ...);
+                return ok;
+            },
+            bound.args);
+        if (!pointers_ok) return;
+        detail::run_launch(launch);
+    }
+};
+
+// The <<<grid, block[, shared_bytes[, stream]]>>> of a launch. Streams are accepted and ignored
+// (everything runs in call order).
+template <class... Params>
+[[nodiscard]] KernelLaunch<Params...> launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block,
+                                             size_t shared_bytes = 0, cudaStream_t stream = 0) {
     (void)stream;
-    struct Bound {
-        void (*kernel)(Params...);
-        std::tuple<std::decay_t<Params>...> args;
-    };
-    Bound bound{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
-    detail::Launch launch{name, (const void*)kernel, grid, block, shared_bytes,
-                          [](void* b) { std::apply(static_cast<Bound*>(b)->kernel, static_cast<Bound*>(b)->args); },
-                          &bound};
-    if (!detail::validate_launch(launch)) return;
-    bool pointers_ok = std::apply(
-        [&](const auto&... a) {
-            int index = 0;
-            bool ok = true;
-            ((ok = detail::check_argument(name, index++, a) && ok), ...);
-            return ok;
-        },
-        bound.args);
-    if (!pointers_ok) return;
-    detail::run_launch(launch);
+    return KernelLaunch<Params...>{name, kernel, grid, block, shared_bytes};
+}
+
+// `extern __shared__ [__align__(A)] T name[];` becomes `T* name = ::simt::dynamic_shared<T, A>();`:
+// the block's dynamic shared memory (the launch's shared_bytes, 16-byte aligned and filled with
+// 0xFF bytes when the block starts), viewed as T[]. Every such array of a kernel starts at the same
+// address, as on a GPU.
+template <class T, size_t Alignment = alignof(T)>
+inline T* dynamic_shared() {
+    static_assert(Alignment <= 16 && alignof(T) <= 16, "dynamic shared memory is 16-byte aligned");
+    return reinterpret_cast<T*>(detail::dynamic_shared_base);
 }
 }  // namespace simt
 
-// The one macro that hides control flow: a kernel launch (see simt/cuda.h for the nvcc twin).
-#define LAUNCH(kernel, grid, block, shared_bytes, stream, ...)                                   \
-    simt::launch(#kernel, kernel, dim3(grid), dim3(block), (shared_bytes), (stream) __VA_OPT__(, ) \
-                     __VA_ARGS__)
-
+// ---- transitional: the pre-<<<>>> spellings, kept until the last kernel header stops using them.
+// Delete this block (and its twin in simt/cuda.h) when `grep -rn "LAUNCH(\|dynamic_shared<"` over
+// the kernel headers finds nothing.
+#define LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+    ::simt::launch(#kernel, kernel, dim3(grid), dim3(block), (shared_bytes), (stream))(__VA_ARGS__)
 template <typename T>
 inline T* dynamic_shared() {
-    return reinterpret_cast<T*>(simt::detail::dynamic_shared_base);
+    return ::simt::dynamic_shared<T>();
 }
+// ---- end of transitional block
 
 // =====================================================================================
 // 5. Barriers, warp operations (CUDA semantics; the source_location identifies the call site)

@@ -13,7 +13,7 @@
 // out[r, :] = softmax(in[r, :]); one block of a multiple-of-32 threads per row; the row is staged
 // in dynamic shared memory (cols floats) followed by one float per warp for the reductions.
 __global__ void simt_softmax_kernel(float* out, const float* in, int cols) {
-    float* row = dynamic_shared<float>();
+    extern __shared__ float row[];
     float* partial = row + cols;
     const float* x = in + (long)blockIdx.x * cols;
     const int lane = threadIdx.x % warpSize, warp = threadIdx.x / warpSize, warps = blockDim.x / warpSize;
@@ -42,14 +42,14 @@ __global__ void simt_softmax_kernel(float* out, const float* in, int cols) {
 }
 
 inline cudaError_t simt_softmax(float* out, const float* in, int rows, int cols, int threads) {
-    LAUNCH(simt_softmax_kernel, rows, threads, sizeof(float) * (cols + 32), 0, out, in, cols);
+    simt_softmax_kernel<<<rows, threads, sizeof(float) * (cols + 32)>>>(out, in, cols);
     return cudaGetLastError();
 }
 
 // bins[v % nbins] += 1 for every value: a per-block histogram in dynamic shared memory, then
 // one global atomicAdd per bin and block.
 __global__ void simt_histogram_kernel(int* bins, const int* values, int n, int nbins) {
-    int* local = dynamic_shared<int>();
+    extern __shared__ int local[];
     for (int b = threadIdx.x; b < nbins; b += blockDim.x) local[b] = 0;
     __syncthreads();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
@@ -60,7 +60,7 @@ __global__ void simt_histogram_kernel(int* bins, const int* values, int n, int n
 }
 
 inline cudaError_t simt_histogram(int* bins, const int* values, int n, int nbins) {
-    LAUNCH(simt_histogram_kernel, 7, 128, sizeof(int) * nbins, 0, bins, values, n, nbins);
+    simt_histogram_kernel<<<7, 128, sizeof(int) * nbins>>>(bins, values, n, nbins);
     return cudaGetLastError();
 }
 
@@ -82,7 +82,7 @@ __global__ void simt_transpose_kernel(float* out, const float* in, int rows, int
 
 inline cudaError_t simt_transpose(float* out, const float* in, int rows, int cols) {
     dim3 grid(ceil_div(cols, kTile), ceil_div(rows, kTile)), block(kTile, 8);
-    LAUNCH(simt_transpose_kernel, grid, block, 0, 0, out, in, rows, cols);
+    simt_transpose_kernel<<<grid, block>>>(out, in, rows, cols);
     return cudaGetLastError();
 }
 
@@ -178,7 +178,7 @@ __global__ void simt_index_kernel(int* out) {
 
 // Threads past the end exit before the barrier: legal, the barrier waits only for live threads.
 __global__ void simt_early_exit_kernel(float* out, const float* in, int n) {
-    float* s = dynamic_shared<float>();
+    extern __shared__ float s[];
     const int i = threadIdx.x;
     if (i >= n) return;
     s[i] = in[i];
@@ -192,16 +192,16 @@ __global__ void simt_copy_kernel(float* out, const float* in, int n) {
     if (i < n) out[i] = in[i];
 }
 __global__ void simt_read_dynamic_shared_kernel(unsigned* out, int n) {
-    const unsigned* s = dynamic_shared<unsigned>();
+    extern __shared__ unsigned s[];
     for (int i = threadIdx.x; i < n; i += blockDim.x) out[blockIdx.x * n + i] = s[i];
     __syncthreads();
-    unsigned* w = dynamic_shared<unsigned>();
+    extern __shared__ unsigned w[];
     for (int i = threadIdx.x; i < n; i += blockDim.x) w[i] = 0;  // the next block must see 0xFF again
 }
 
 // Uses `bytes` of dynamic shared memory (more than 48 KiB needs the opt-in).
 __global__ void simt_big_shared_kernel(float* out, int nfloats) {
-    float* s = dynamic_shared<float>();
+    extern __shared__ float s[];
     for (int i = threadIdx.x; i < nfloats; i += blockDim.x) s[i] = (float)(i & 15);
     __syncthreads();
     float acc = 0.0f;
@@ -211,11 +211,33 @@ __global__ void simt_big_shared_kernel(float* out, int nfloats) {
 
 // out[i] = in[i - 1] through shared memory. Correct with the barrier; the bad twin omits it.
 __global__ void simt_shift_kernel(float* out, const float* in, int n) {
-    float* s = dynamic_shared<float>();
+    extern __shared__ float s[];
     const int i = threadIdx.x;
     if (i < n) s[i] = in[i];
     __syncthreads();
     if (i < n) out[i] = i > 0 ? s[i - 1] : 0.0f;
+}
+
+// out[r, c] = kFactor * in[r, cols-1-c]: a template kernel that stages its row in an aligned dynamic
+// shared array of T, launched with a configuration of four arguments spread over several lines
+// (the forms the CPU build's source rewrite must take apart, see simt/cuda_to_cpp.h).
+template <typename T, int kFactor>
+__global__ void simt_reverse_scale_kernel(T* out, const T* in, int cols) {
+    extern __shared__ __align__(16) T staged[];  // (cols)
+    const T* x = in + (long)blockIdx.x * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) staged[c] = x[c];
+    __syncthreads();
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(long)blockIdx.x * cols + c] = kFactor * staged[cols - 1 - c];
+}
+
+template <typename T, int kFactor>
+inline cudaError_t simt_reverse_scale(T* out, const T* in, int rows, int cols, cudaStream_t stream) {
+    simt_reverse_scale_kernel<T, kFactor><<<rows,
+                                           64,
+                                           cols * sizeof(T),  // the staged row
+                                           stream>>>(out, in,
+                                                     cols);
+    return cudaGetLastError();
 }
 
 // ------------------------------------------------------------------ deliberately wrong kernels
@@ -223,7 +245,7 @@ __global__ void simt_shift_kernel(float* out, const float* in, int n) {
 // No barrier between the shared-memory write and the read of a neighbour's element: passes when
 // threads run in index order, fails under SIMT_SHUFFLE.
 __global__ void bad_missing_sync_kernel(float* out, const float* in, int n) {
-    float* s = dynamic_shared<float>();
+    extern __shared__ float s[];
     const int i = threadIdx.x;
     if (i < n) s[i] = in[i];
     if (i < n) out[i] = i > 0 ? s[i - 1] : 0.0f;
@@ -281,15 +303,15 @@ __global__ void bad_trap_kernel(int* out, int trap_block, int trap_thread) {
 
 // ------------------------------------------------------------------ nvcc sees the launchers too
 inline cudaError_t simt_launch_index(int* out, dim3 grid, dim3 block) {
-    LAUNCH(simt_index_kernel, grid, block, 0, 0, out);
+    simt_index_kernel<<<grid, block>>>(out);
     return cudaGetLastError();
 }
 inline cudaError_t simt_launch_copy(float* out, const float* in, int n) {
-    LAUNCH(simt_copy_kernel, ceil_div(n, 128), 128, 0, 0, out, in, n);
+    simt_copy_kernel<<<ceil_div(n, 128), 128>>>(out, in, n);
     return cudaGetLastError();
 }
 inline cudaError_t simt_launch_big_shared(float* out, int nfloats) {
-    LAUNCH(simt_big_shared_kernel, 2, 256, sizeof(float) * nfloats, 0, out, nfloats);
+    simt_big_shared_kernel<<<2, 256, sizeof(float) * nfloats>>>(out, nfloats);
     return cudaGetLastError();
 }
 inline cudaError_t simt_allow_big_shared(int bytes) {

@@ -207,7 +207,7 @@ TEST_F(Simt, BallotAnyAllWithPartialWarps) {
     for (int i = 32; i < 48; ++i) v[i] = 1;  // block 0's 16-lane warp: all true
     DeviceBuffer<int> dv(v), any(n), all(n);
     DeviceBuffer<unsigned> ballot(n);
-    LAUNCH(simt_vote_kernel, ceil_div(n, threads), threads, 0, 0, ballot.ptr, any.ptr, all.ptr, dv.ptr, n);
+    simt_vote_kernel<<<ceil_div(n, threads), threads>>>(ballot.ptr, any.ptr, all.ptr, dv.ptr, n);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     auto b = ballot.download();
     auto a = any.download();
@@ -247,7 +247,7 @@ TEST_F(Simt, ShuffleIdxUpDownXorWithWidth) {
                    Case{2, 1, 1, 3}, Case{1, 0, 1, 1}}) {
         const int threads = 64;
         DeviceBuffer<int> out(4 * threads);
-        LAUNCH(simt_shuffle_width_kernel, 1, threads, 0, 0, out.ptr, c.width, c.src, c.delta, c.lane_mask);
+        simt_shuffle_width_kernel<<<1, threads>>>(out.ptr, c.width, c.src, c.delta, c.lane_mask);
         ASSERT_EQ(cudaGetLastError(), cudaSuccess);
         auto o = out.download();
         for (int i = 0; i < threads; ++i) {
@@ -262,7 +262,7 @@ TEST_F(Simt, ShuffleIdxUpDownXorWithWidth) {
 TEST_F(Simt, Shuffle64BitTypes) {
     DeviceBuffer<double> d(64);
     DeviceBuffer<long long> l(64);
-    LAUNCH(simt_shuffle64_kernel, 1, 64, 0, 0, d.ptr, l.ptr);
+    simt_shuffle64_kernel<<<1, 64>>>(d.ptr, l.ptr);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     auto hd = d.download();
     auto hl = l.download();
@@ -286,7 +286,7 @@ TEST_F(Simt, AtomicMaxMinCasExchAcrossWorkers) {
         }
         DeviceBuffer<int> dv(v), mx(std::vector<int>{INT_MIN}), mn(std::vector<int>{INT_MAX});
         DeviceBuffer<unsigned> sum(std::vector<unsigned>{0}), ex(std::vector<unsigned>{0});
-        LAUNCH(simt_atomic_kernel, ceil_div(n, 128), 128, 0, 0, mx.ptr, mn.ptr, sum.ptr, ex.ptr, dv.ptr, n);
+        simt_atomic_kernel<<<ceil_div(n, 128), 128>>>(mx.ptr, mn.ptr, sum.ptr, ex.ptr, dv.ptr, n);
         ASSERT_EQ(cudaGetLastError(), cudaSuccess);
         EXPECT_EQ(mx.download()[0], *std::max_element(v.begin(), v.end()));
         EXPECT_EQ(mn.download()[0], *std::min_element(v.begin(), v.end()));
@@ -303,7 +303,7 @@ TEST_F(Simt, FloatAtomicAdd) {
     for (int i = 0; i < n; ++i) want += v[i] = (float)(i % 17 - 8);
     DeviceBuffer<float> dv(v), sum(std::vector<float>{0.0f});
     DeviceBuffer<double> dsum(std::vector<double>{0.0});
-    LAUNCH(simt_float_atomic_kernel, ceil_div(n, 64), 64, 0, 0, sum.ptr, dsum.ptr, dv.ptr, n);
+    simt_float_atomic_kernel<<<ceil_div(n, 64), 64>>>(sum.ptr, dsum.ptr, dv.ptr, n);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     EXPECT_EQ(sum.download()[0], (float)want);
     EXPECT_EQ(dsum.download()[0], want);
@@ -311,7 +311,7 @@ TEST_F(Simt, FloatAtomicAdd) {
 
 TEST_F(Simt, HalfWarpMasksAndWarpReductions) {
     DeviceBuffer<unsigned> out(4 * 64);
-    LAUNCH(simt_half_warp_kernel, 1, 64, 0, 0, out.ptr);
+    simt_half_warp_kernel<<<1, 64>>>(out.ptr);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     auto o = out.download();
     for (int t = 0; t < 64; ++t) {
@@ -333,10 +333,10 @@ TEST_F(Simt, HalfWarpMasksAndWarpReductions) {
 
 TEST_F(Simt, SyncthreadsCountAndOr) {
     DeviceBuffer<int> out(3);
-    LAUNCH(simt_block_vote_kernel, 1, 128, 0, 0, out.ptr, 77);
+    simt_block_vote_kernel<<<1, 128>>>(out.ptr, 77);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     EXPECT_EQ(out.download(), (std::vector<int>{77, 0, 1}));
-    LAUNCH(simt_block_vote_kernel, 1, 128, 0, 0, out.ptr, 128);
+    simt_block_vote_kernel<<<1, 128>>>(out.ptr, 128);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     EXPECT_EQ(out.download(), (std::vector<int>{128, 1, 1}));
 }
@@ -361,12 +361,12 @@ TEST_F(Simt, ExitedThreadsDoNotBlockBarriers) {
     const int n = 20;
     auto h = random_floats(n, 3);
     DeviceBuffer<float> in(h), out(n);
-    LAUNCH(simt_early_exit_kernel, 1, 32, sizeof(float) * 32, 0, out.ptr, in.ptr, n);
+    simt_early_exit_kernel<<<1, 32, sizeof(float) * 32>>>(out.ptr, in.ptr, n);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     auto o = out.download();
     for (int i = 0; i < n; ++i) EXPECT_EQ(o[i], h[n - 1 - i]);
     DeviceBuffer<int> flags(32);
-    LAUNCH(simt_exit_then_barrier_kernel, 1, 32, 0, 0, flags.ptr);
+    simt_exit_then_barrier_kernel<<<1, 32>>>(flags.ptr);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     auto f = flags.download();
     for (int i = 0; i < 16; ++i) EXPECT_EQ(f[i], 1);
@@ -478,21 +478,21 @@ TEST_F(Simt, AllocatorAlignsReusesAndCoalesces) {
 TEST_F(Simt, TooManyThreadsOrBadBlockShapeIsInvalidConfiguration) {
     DeviceBuffer<float> out(4), in(4);
     for (dim3 block : {dim3(1025), dim3(1024, 2), dim3(1, 1, 65), dim3(2048, 1, 1), dim3(0, 1, 1), dim3(1, 0, 1)}) {
-        LAUNCH(simt_copy_kernel, 1, block, 0, 0, out.ptr, in.ptr, 4);
+        simt_copy_kernel<<<1, block>>>(out.ptr, in.ptr, 4);
         EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration) << block.x << "," << block.y << "," << block.z;
         EXPECT_TRUE(contains(simt::last_error_message(), "simt_copy_kernel"));
     }
-    LAUNCH(simt_copy_kernel, 1, dim3(32, 32, 1), 0, 0, out.ptr, in.ptr, 4);  // exactly 1024 is fine
+    simt_copy_kernel<<<1, dim3(32, 32, 1)>>>(out.ptr, in.ptr, 4);  // exactly 1024 is fine
     EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
 TEST_F(Simt, GridTooBigIsInvalidConfiguration) {
     DeviceBuffer<float> out(4), in(4);
     for (dim3 grid : {dim3(1, 65536), dim3(1, 1, 65536), dim3(2147483648u), dim3(0)}) {
-        LAUNCH(simt_copy_kernel, grid, 32, 0, 0, out.ptr, in.ptr, 4);
+        simt_copy_kernel<<<grid, 32>>>(out.ptr, in.ptr, 4);
         EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
     }
-    LAUNCH(simt_copy_kernel, -1, 32, 0, 0, out.ptr, in.ptr, 4);  // a negative int grid
+    simt_copy_kernel<<<-1, 32>>>(out.ptr, in.ptr, 4);  // a negative int grid
     EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
 }
 
@@ -512,7 +512,7 @@ TEST_F(Simt, DynamicSharedAbove48KiBNeedsOptIn) {
 
 TEST_F(Simt, DivergentSyncthreadsIsAnErrorNotAHang) {
     DeviceBuffer<int> out(32);
-    LAUNCH(bad_divergent_barrier_kernel, 2, 32, 0, 0, out.ptr);
+    bad_divergent_barrier_kernel<<<2, 32>>>(out.ptr);
     EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
     const std::string msg = simt::last_error_message();
     EXPECT_TRUE(contains(msg, "barrier divergence")) << msg;
@@ -523,7 +523,7 @@ TEST_F(Simt, DivergentSyncthreadsIsAnErrorNotAHang) {
 
 TEST_F(Simt, SkippedSyncthreadsThenAnotherBarrierIsDivergence) {
     DeviceBuffer<int> out(32);
-    LAUNCH(bad_skipped_barrier_kernel, 1, 32, 0, 0, out.ptr);
+    bad_skipped_barrier_kernel<<<1, 32>>>(out.ptr);
     EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
     const std::string msg = simt::last_error_message();
     EXPECT_TRUE(contains(msg, "barrier divergence in kernel 'bad_skipped_barrier_kernel'")) << msg;
@@ -535,14 +535,14 @@ TEST_F(Simt, SkippedSyncthreadsThenAnotherBarrierIsDivergence) {
 
 TEST_F(Simt, ShuffleNotReachedByAllLanesIsAnError) {
     DeviceBuffer<int> out(64);
-    LAUNCH(bad_partial_shuffle_kernel, 1, 64, 0, 0, out.ptr);
+    bad_partial_shuffle_kernel<<<1, 64>>>(out.ptr);
     EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
     std::string msg = simt::last_error_message();
     EXPECT_TRUE(contains(msg, "warp divergence")) << msg;
     EXPECT_TRUE(contains(msg, "exited")) << msg;
     EXPECT_TRUE(contains(msg, "__shfl_sync")) << msg;
 
-    LAUNCH(bad_shuffle_vs_barrier_kernel, 1, 64, 0, 0, out.ptr);
+    bad_shuffle_vs_barrier_kernel<<<1, 64>>>(out.ptr);
     EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
     msg = simt::last_error_message();
     EXPECT_TRUE(contains(msg, "__shfl_down_sync")) << msg;
@@ -552,14 +552,14 @@ TEST_F(Simt, ShuffleNotReachedByAllLanesIsAnError) {
 TEST_F(Simt, HostPointerArgumentIsInvalidValue) {
     std::vector<float> host(16, 1.0f);
     DeviceBuffer<float> dev(16);
-    LAUNCH(simt_copy_kernel, 1, 32, 0, 0, dev.ptr, host.data(), 16);
+    simt_copy_kernel<<<1, 32>>>(dev.ptr, host.data(), 16);
     EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
     const std::string msg = simt::last_error_message();
     EXPECT_TRUE(contains(msg, "simt_copy_kernel")) << msg;
     EXPECT_TRUE(contains(msg, "argument 1")) << msg;
     for (float x : dev.download()) EXPECT_TRUE(std::isnan(x));  // the kernel did not run
     // nullptr is fine (kernels may take optional pointers).
-    LAUNCH(simt_copy_kernel, 1, 32, 0, 0, dev.ptr, (const float*)nullptr, 0);
+    simt_copy_kernel<<<1, 32>>>(dev.ptr, (const float*)nullptr, 0);
     EXPECT_EQ(cudaGetLastError(), cudaSuccess);
 }
 
@@ -567,7 +567,7 @@ TEST_F(Simt, FreedDevicePointerArgumentIsInvalidValue) {
     float* p;
     ASSERT_EQ(cudaMalloc(&p, 1 << 20), cudaSuccess);
     ASSERT_EQ(cudaFree(p), cudaSuccess);
-    LAUNCH(simt_copy_kernel, 1, 32, 0, 0, p + 1000, (const float*)nullptr, 0);
+    simt_copy_kernel<<<1, 32>>>(p + 1000, (const float*)nullptr, 0);
     EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
     EXPECT_TRUE(contains(simt::last_error_message(), "not allocated"));
 }
@@ -597,7 +597,7 @@ TEST(SimtDeath, FiberStackOverflowIsReported) {
         {
             int* d = nullptr;
             if (cudaMalloc(&d, 4) != cudaSuccess) abort();
-            LAUNCH(cpu_only_recursive_kernel, 1, 32, 0, 0, 100000, d);
+            cpu_only_recursive_kernel<<<1, 32>>>(100000, d);
         },
         "simt: fiber stack overflow in kernel 'cpu_only_recursive_kernel'");
 }
@@ -613,7 +613,7 @@ TEST_F(Simt, UnwrittenDeviceMemoryReadsAsNaN) {
 TEST_F(Simt, DynamicSharedMemoryStartsAs0xFFInEveryBlock) {
     const int n = 100, blocks = 3;
     DeviceBuffer<unsigned> out((size_t)n * blocks);
-    LAUNCH(simt_read_dynamic_shared_kernel, blocks, 64, sizeof(unsigned) * n, 0, out.ptr, n);
+    simt_read_dynamic_shared_kernel<<<blocks, 64, sizeof(unsigned) * n>>>(out.ptr, n);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     for (unsigned x : out.download()) EXPECT_EQ(x, 0xffffffffu);
 }
@@ -626,17 +626,17 @@ TEST_F(Simt, MissingSyncthreadsIsExposedByShuffledMode) {
     DeviceBuffer<float> in(h), out(n);
     // In index order the bad kernel happens to work: that is why the shuffled mode exists.
     simt::set_shuffle(0);
-    LAUNCH(bad_missing_sync_kernel, 1, n, sizeof(float) * n, 0, out.ptr, in.ptr, n);
+    bad_missing_sync_kernel<<<1, n, sizeof(float) * n>>>(out.ptr, in.ptr, n);
     ASSERT_EQ(cudaGetLastError(), cudaSuccess);
     EXPECT_EQ(out.download(), want);
     for (unsigned long long seed : {1ull, 2ull, 3ull}) {
         simt::set_shuffle(seed);
-        LAUNCH(bad_missing_sync_kernel, 1, n, sizeof(float) * n, 0, out.ptr, in.ptr, n);
+        bad_missing_sync_kernel<<<1, n, sizeof(float) * n>>>(out.ptr, in.ptr, n);
         ASSERT_EQ(cudaGetLastError(), cudaSuccess);
         auto got = out.download();
         EXPECT_NE(got, want) << "seed " << seed;
         EXPECT_TRUE(std::any_of(got.begin(), got.end(), [](float x) { return std::isnan(x); })) << "seed " << seed;
-        LAUNCH(simt_shift_kernel, 1, n, sizeof(float) * n, 0, out.ptr, in.ptr, n);  // the correct twin
+        simt_shift_kernel<<<1, n, sizeof(float) * n>>>(out.ptr, in.ptr, n);  // the correct twin
         ASSERT_EQ(cudaGetLastError(), cudaSuccess);
         EXPECT_EQ(out.download(), want) << "seed " << seed;
     }
@@ -644,7 +644,7 @@ TEST_F(Simt, MissingSyncthreadsIsExposedByShuffledMode) {
 
 TEST_F(Simt, TrapAbandonsTheLaunchAndLaterLaunchesWork) {
     DeviceBuffer<int> out(4 * 64);
-    LAUNCH(bad_trap_kernel, 4, 64, 0, 0, out.ptr, 2, 5);
+    bad_trap_kernel<<<4, 64>>>(out.ptr, 2, 5);
     EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
     const std::string msg = simt::last_error_message();
     EXPECT_TRUE(contains(msg, "__trap()")) << msg;
@@ -652,7 +652,7 @@ TEST_F(Simt, TrapAbandonsTheLaunchAndLaterLaunchesWork) {
     EXPECT_TRUE(contains(msg, "block (2,0,0) thread (5,0,0)")) << msg;
     EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // not sticky
     // The same kernel without the trap runs to completion.
-    LAUNCH(bad_trap_kernel, 4, 64, 0, 0, out.ptr, -1, -1);
+    bad_trap_kernel<<<4, 64>>>(out.ptr, -1, -1);
     EXPECT_EQ(cudaGetLastError(), cudaSuccess);
     for (int x : out.download()) EXPECT_EQ(x, 1);
 }
@@ -673,7 +673,7 @@ __global__ void cpu_only_throwing_kernel(int* out) {
 
 TEST_F(Simt, ExceptionInKernelIsALaunchFailureAndFibersUnwind) {
     DeviceBuffer<int> out(64);
-    LAUNCH(cpu_only_throwing_kernel, 2, 32, 0, 0, out.ptr);
+    cpu_only_throwing_kernel<<<2, 32>>>(out.ptr);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);  // reported by the next sync too
     EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
     EXPECT_TRUE(contains(simt::last_error_message(), "boom from thread 3"));
@@ -686,12 +686,12 @@ TEST_F(Simt, ExceptionInKernelIsALaunchFailureAndFibersUnwind) {
 // CPU-only: a kernel that launches a kernel (dynamic parallelism) is refused, not deadlocked.
 __global__ void cpu_only_child_kernel(int* out) { out[threadIdx.x] = 2; }
 __global__ void cpu_only_parent_kernel(int* out) {
-    if (threadIdx.x == 0) LAUNCH(cpu_only_child_kernel, 1, 4, 0, 0, out);
+    if (threadIdx.x == 0) cpu_only_child_kernel<<<1, 4>>>(out);
 }
 
 TEST_F(Simt, LaunchFromDeviceCodeIsNotSupported) {
     DeviceBuffer<int> out(4);
-    LAUNCH(cpu_only_parent_kernel, 1, 32, 0, 0, out.ptr);
+    cpu_only_parent_kernel<<<1, 32>>>(out.ptr);
     EXPECT_EQ(cudaGetLastError(), cudaErrorNotSupported);
     EXPECT_TRUE(contains(simt::last_error_message(), "dynamic parallelism"));
     for (int x : out.download()) EXPECT_EQ(x, -1);
@@ -702,7 +702,7 @@ __global__ void bad_width_kernel(int* out) { out[threadIdx.x] = __shfl_down_sync
 
 TEST_F(Simt, ShuffleWidthMustBeAPowerOfTwo) {
     DeviceBuffer<int> out(32);
-    LAUNCH(bad_width_kernel, 1, 32, 0, 0, out.ptr);
+    bad_width_kernel<<<1, 32>>>(out.ptr);
     EXPECT_EQ(cudaGetLastError(), cudaErrorLaunchFailure);
     EXPECT_TRUE(contains(simt::last_error_message(), "invalid width 12"));
 }
