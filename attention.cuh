@@ -39,8 +39,11 @@ __global__ void attention_permute_kernel(float* qkvr,       // (3,B,NH,T,hs)
 }
 
 // att[t,j] = exp(scale*pre[t,j] - max) / sum_{j'<=t} exp(scale*pre[t,j'] - max) for j <= t, 0 for j > t
-// A group of `lanes` consecutive threads per row (b,h,t), in place (each lane reads and writes only
-// its own columns); max and sum by butterfly shuffles inside the group, as in layernorm.cuh.
+// A group of `lanes` = threads_per_row(T) consecutive threads per row (b,h,t) (common.cuh), in
+// place: lane l reads and writes columns l, l + lanes, ... of its row only (coalesced), and max and
+// sum are butterfly __shfl_xor_sync reductions inside the group. Only the t+1 visible keys are read;
+// the masked ones are just written as 0. Memory-bound: the (B*NH, T, T) matrix is read once and
+// written once (the second pass over a row hits the cache).
 __global__ void attention_softmax_kernel(float* att,  // (B*NH,T,T) in: q k^T, out: probabilities
                                          int rows, int T, float scale, int lanes) {
     const int lane = threadIdx.x % lanes;
@@ -67,7 +70,8 @@ __global__ void attention_softmax_kernel(float* att,  // (B*NH,T,T) in: q k^T, o
 }
 
 // dpre[t,j] = scale * att[t,j] * (datt[t,j] - sum_{j'<=t} att[t,j'] datt[t,j'])  for j <= t, 0 for j > t
-// A group of `lanes` threads per row, in place on datt.
+// A group of `lanes` threads per row, in place on datt, mapped as in the forward: a butterfly for the
+// dot product, then one coalesced pass that writes the row.
 __global__ void attention_softmax_backward_kernel(float* datt,       // (B*NH,T,T) in: datt, out: dpreatt
                                                   const float* att,  // (B*NH,T,T)
                                                   int rows, int T, float scale, int lanes) {
@@ -84,9 +88,6 @@ __global__ void attention_softmax_backward_kernel(float* datt,       // (B*NH,T,
 
     for (int j = lane; j < len; j += lanes) d[j] = j <= t ? scale * a[j] * (d[j] - dot) : 0.0f;
 }
-
-// Threads per softmax row: ~32 columns of T per lane, 4 to 32 (see layernorm.cuh).
-inline int attention_row_lanes(int T) { return T > 512 ? 32 : T > 256 ? 16 : T > 128 ? 8 : 4; }
 
 // Floats of scratch attention_backward needs: datt (B,NH,T,T). (The gradients of q, k, v are
 // written straight into dqkv, so no permuted (3,B,NH,T,hs) buffer is needed.)
@@ -108,16 +109,15 @@ inline void attention_forward(float* out,        // (B,T,C)
     const float* v = qkvr + 2L * B * NH * head;
     const float one = 1.0f, zero = 0.0f;
 
-    LAUNCH(attention_permute_kernel, ceil_div((long)B * T, 32), 128, 0, 0, qkvr, qkv, B, T, C, NH);
+    attention_permute_kernel<<<ceil_div((long)B * T, 32), 128>>>(qkvr, qkv, B, T, C, NH);
     CUDA_CHECK_LAUNCH();
 
     // preatt = q k^T: column-major (Tk,Tq) = k (Tk,hs) . q^T (hs,Tq), i.e. row-major (Tq,Tk)
     CUBLAS_CHECK(cublasSgemmStridedBatched(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs,
                                            &one, k, hs, head, q, hs, head, &zero, att, T, (long)T * T, B * NH));
 
-    const int rows = B * NH * T, lanes = attention_row_lanes(T);
-    LAUNCH(attention_softmax_kernel, ceil_div((long)rows * lanes, 128), 128, 0, 0,
-           att, rows, T, 1.0f / sqrtf((float)hs), lanes);
+    const int rows = B * NH * T, lanes = threads_per_row(T);
+    attention_softmax_kernel<<<ceil_div((long)rows * lanes, 128), 128>>>(att, rows, T, 1.0f / sqrtf((float)hs), lanes);
     CUDA_CHECK_LAUNCH();
 
     // y = att v per sequence: column-major (hs,Tq) = v^T (hs,Tk) . att^T (Tk,Tq), written into out
@@ -160,9 +160,9 @@ inline void attention_backward(float* dqkv,         // (B,T,3C) overwritten
                                                &one, dy, C, hs, att_b, T, (long)T * T, &zero, dv, 3 * C, hs, NH));
     }
 
-    const int rows = B * NH * T, lanes = attention_row_lanes(T);
-    LAUNCH(attention_softmax_backward_kernel, ceil_div((long)rows * lanes, 128), 128, 0, 0,
-           datt, att, rows, T, 1.0f / sqrtf((float)hs), lanes);
+    const int rows = B * NH * T, lanes = threads_per_row(T);
+    attention_softmax_backward_kernel<<<ceil_div((long)rows * lanes, 128), 128>>>(datt, att, rows, T,
+                                                                                  1.0f / sqrtf((float)hs), lanes);
     CUDA_CHECK_LAUNCH();
 
     for (int b = 0; b < B; b++) {

@@ -8,9 +8,13 @@
 // per row n, with m = max_j logits[n,j] and S = sum_j exp(logits[n,j] - m):
 //   losses[n] = log S + m - logits[n, target]
 //   dlogits[n,j] = (exp(logits[n,j] - m) / S - [j == target]) * dloss
-// A group of `lanes` consecutive threads per row (4 to 32, ~32 columns per lane): lanes stride over
-// V (coalesced), butterfly shuffles inside the group for max and sum (see layernorm.cuh).
-// Groups past the last row load and store nothing but still take part in the shuffles.
+// A group of `lanes` = threads_per_row(V) consecutive threads per row (common.cuh): lane l reads
+// columns l, l + lanes, ... (each step of the group is `lanes` consecutive floats: coalesced), and
+// max and sum are butterfly __shfl_xor_sync reductions inside the group, after which every lane
+// holds the same bits. The logits are read three times (max, sum, gradient) and dlogits written
+// once: the kernel is memory-bound, and each row's second and third passes hit the cache.
+// Groups past the last row load and store nothing but still take part in the shuffles (a shuffle
+// needs every lane of its mask).
 __global__ void crossentropy_forward_backward_kernel(float* losses,          // (N)
                                                      float* dlogits,         // (N,V) or nullptr
                                                      const float* logits,    // (N,V)
@@ -43,7 +47,8 @@ __global__ void crossentropy_forward_backward_kernel(float* losses,          // 
 }
 
 // out[0] = sum_i x[i] / n
-// A single warp: lane l sums x[l], x[l+32], ... in order, then a shuffle tree; deterministic.
+// A single warp (n is the number of positions, a few thousand): lane l sums x[l], x[l+32], ... in
+// order (coalesced), then a shuffle tree; deterministic.
 __global__ void mean_forward_kernel(float* out,      // (1)
                                     const float* x,  // (n)
                                     int n) {
@@ -59,15 +64,15 @@ inline void crossentropy_forward_backward(float* losses,        // (N)
                                           const int* targets,   // (N)
                                           int N, int V, float dloss /* = 1/N */) {
     if (N <= 0) return;
-    const int lanes = V > 512 ? 32 : V > 256 ? 16 : V > 128 ? 8 : 4;  // ~32 columns per lane
-    LAUNCH(crossentropy_forward_backward_kernel, ceil_div((long)N * lanes, 128), 128, 0, 0,
-           losses, dlogits, logits, targets, N, V, dloss, lanes);
+    const int lanes = threads_per_row(V);
+    crossentropy_forward_backward_kernel<<<ceil_div((long)N * lanes, 128), 128>>>(losses, dlogits, logits, targets,
+                                                                                  N, V, dloss, lanes);
     CUDA_CHECK_LAUNCH();
 }
 
 inline void mean_forward(float* out,      // (1)
                          const float* x,  // (n)
                          int n) {
-    LAUNCH(mean_forward_kernel, 1, 32, 0, 0, out, x, n);
+    mean_forward_kernel<<<1, 32>>>(out, x, n);
     CUDA_CHECK_LAUNCH();
 }

@@ -4,8 +4,11 @@
 //   - tensors are row-major with their shape in a comment beside the pointer; weights are [out, in]
 //     and a linear layer computes out = inp W^T + b (cuBLAS is column-major: each call is issued as
 //     the transposed product);
-//   - all pointers a launcher takes are device pointers; kernels launch through LAUNCH(...) and use
-//     dynamic_shared<T>() (simt/cuda.h), so the same source builds with nvcc and with g++;
+//   - all pointers a launcher takes are device pointers;
+//   - plain CUDA: launches are kernel<<<grid, block, shared_bytes, stream>>>(args) and dynamic
+//     shared memory is `extern __shared__ T name[];`. nvcc compiles these files as they are; the
+//     CPU build (g++) compiles copies in which the Makefile has rewritten those two spellings into
+//     calls of the SIMT layer (simt/cuda_to_cpp.h, simt/simt.h), line for line;
 //   - parameter gradients accumulate (+=; the trainer zeroes them once per step); activation
 //     gradients are overwritten unless the comment says they accumulate (the residual stream's do);
 //   - no float atomics and fixed reduction orders: results are the same bits from run to run and
@@ -44,6 +47,14 @@ inline void curand_check(curandStatus_t status, const char* file, int line) {
 #define CUDA_CHECK_LAUNCH() cuda_check(cudaGetLastError(), __FILE__, __LINE__)
 
 inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
+
+// Threads that share one row of `width` columns in the row kernels (LayerNorm, the attention
+// softmax, cross-entropy, the MoE row kernels): a power of two in [4, 32] that divides the warp,
+// about 32 columns per thread. Lane l of the group takes columns l, l + lanes, ... so each step of
+// the group reads `lanes` consecutive floats (coalesced), and the row's statistics are a butterfly
+// of log2(lanes) __shfl_xor_sync steps inside the group. Narrow rows keep the group short so a
+// warp covers 32 / lanes rows at once; from 513 columns a full warp takes each row.
+inline int threads_per_row(int width) { return width > 512 ? 32 : width > 256 ? 16 : width > 128 ? 8 : 4; }
 
 // One cuBLAS handle for the whole process (created on first use).
 inline cublasHandle_t cublas_handle() {

@@ -71,7 +71,7 @@ inline void encoder_forward(float* out,        // (B,T,C)
                             const float* wpe,  // (maxT,C)
                             int B, int T, int C) {
     if ((long)B * T * C <= 0) return;
-    LAUNCH(encoder_forward_kernel, ceil_div((long)B * T, 32), 128, 0, 0, out, idx, wte, wpe, B, T, C);
+    encoder_forward_kernel<<<ceil_div((long)B * T, 32), 128>>>(out, idx, wte, wpe, B, T, C);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -81,8 +81,8 @@ inline void encoder_backward(float* dwte,        // (V,C) +=
                              const int* idx,     // (B,T)
                              int B, int T, int C, int V) {
     if ((long)B * T * C <= 0) return;
-    LAUNCH(encoder_backward_wte_kernel, V, 32, 0, 0, dwte, dout, idx, B * T, C);
+    encoder_backward_wte_kernel<<<V, 32>>>(dwte, dout, idx, B * T, C);
     CUDA_CHECK_LAUNCH();
-    LAUNCH(encoder_backward_wpe_kernel, ceil_div((long)T * C, 32L * 128), 128, 0, 0, dwpe, dout, B, T, C);
+    encoder_backward_wpe_kernel<<<ceil_div((long)T * C, 32L * 128), 128>>>(dwpe, dout, B, T, C);
     CUDA_CHECK_LAUNCH();
 }

@@ -1,14 +1,15 @@
 // layernorm.cuh: LayerNorm over the last dimension C (MODEL_SPEC: biased variance, eps = 1e-5,
 // weight and bias), forward and backward.
 //
-// Both row kernels give each row a group of `lanes` consecutive threads (4, 8, 16 or 32: a power of
-// two dividing the warp, chosen so each lane handles ~32 columns; a full warp from C = 513 up).
-// The lanes stride over C (each step a group reads 4*lanes contiguous bytes: coalesced), and the
-// row statistics come from butterfly __shfl_xor_sync reductions inside the group, after which
-// every lane holds the same bits. Groups past the last row load and store nothing but still take
-// part in the shuffles. Short groups matter on the CPU layer, where a shuffle costs ~50 ns per
-// lane: at C = 128 a warp per row (10 shuffles x 32 lanes) made the forward ~25x slower there.
-// Parameter gradients are column sums over the N rows, done by a separate deterministic kernel.
+// Both row kernels give each row a group of `lanes` = threads_per_row(C) consecutive threads
+// (common.cuh: 4, 8, 16 or 32, ~32 columns per lane; a full warp from C = 513 up), so a warp
+// normalises 32 / lanes rows at once. The lanes stride over C (each step a group reads 4*lanes
+// contiguous bytes: coalesced), and the row statistics come from butterfly __shfl_xor_sync
+// reductions inside the group, after which every lane holds the same bits. Groups past the last
+// row load and store nothing but still take part in the shuffles (a shuffle needs every lane of
+// its mask). The kernels are memory-bound: a row is read two or three times (the later passes hit
+// the cache) and written once. Parameter gradients are column sums over the N rows, done by a
+// separate deterministic kernel.
 #pragma once
 #include "common.cuh"
 
@@ -99,7 +100,7 @@ __global__ void layernorm_backward_params_kernel(float* dweight,      // (C) +=
     const int group = threadIdx.x / 32;
     const int groups = blockDim.x / 32;
     const int c = blockIdx.x * 32 + lane;
-    float* partial = dynamic_shared<float>();  // (2, groups, 32): dweight partials, then dbias
+    extern __shared__ float partial[];  // (2, groups, 32): dweight partials, then dbias
 
     float dw = 0.0f, db = 0.0f;
     if (c < C) {
@@ -123,9 +124,6 @@ __global__ void layernorm_backward_params_kernel(float* dweight,      // (C) +=
     }
 }
 
-// Threads per row: ~32 columns per lane, 4 to 32 (a full warp for C > 512).
-inline int layernorm_row_lanes(int C) { return C > 512 ? 32 : C > 256 ? 16 : C > 128 ? 8 : 4; }
-
 inline void layernorm_forward(float* out,           // (N,C)
                               float* mean,          // (N)
                               float* rstd,          // (N)
@@ -134,9 +132,9 @@ inline void layernorm_forward(float* out,           // (N,C)
                               const float* bias,    // (C)
                               int N, int C) {
     if (N <= 0) return;
-    const int lanes = layernorm_row_lanes(C), block = 128;
-    LAUNCH(layernorm_forward_kernel, ceil_div((long)N * lanes, block), block, 0, 0,
-           out, mean, rstd, inp, weight, bias, N, C, lanes);
+    const int lanes = threads_per_row(C), block = 128;
+    layernorm_forward_kernel<<<ceil_div((long)N * lanes, block), block>>>(out, mean, rstd, inp, weight, bias, N, C,
+                                                                          lanes);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -150,12 +148,12 @@ inline void layernorm_backward(float* dinp,          // (N,C) +=, accumulates (r
                                const float* rstd,    // (N)
                                int N, int C) {
     if (N <= 0) return;
-    const int lanes = layernorm_row_lanes(C), block = 128;
-    LAUNCH(layernorm_backward_dinp_kernel, ceil_div((long)N * lanes, block), block, 0, 0,
-           dinp, dout, inp, weight, mean, rstd, N, C, lanes);
+    const int lanes = threads_per_row(C), block = 128;
+    layernorm_backward_dinp_kernel<<<ceil_div((long)N * lanes, block), block>>>(dinp, dout, inp, weight, mean, rstd,
+                                                                                N, C, lanes);
     CUDA_CHECK_LAUNCH();
     const int groups = N / 64 < 1 ? 1 : N / 64 > 32 ? 32 : N / 64;  // ~64 rows per thread
-    LAUNCH(layernorm_backward_params_kernel, ceil_div(C, 32), groups * 32, 2 * groups * 32 * sizeof(float), 0,
-           dweight, dbias, dout, inp, mean, rstd, N, C);
+    layernorm_backward_params_kernel<<<ceil_div(C, 32), groups * 32, 2 * groups * 32 * sizeof(float)>>>(
+        dweight, dbias, dout, inp, mean, rstd, N, C);
     CUDA_CHECK_LAUNCH();
 }

@@ -6,9 +6,10 @@
 #include "common.cuh"
 
 // partial[b] = sum of x[i]^2 over block b's tile [b*tile, (b+1)*tile)
-// Pass 1 of 2: each thread accumulates its elements (stride blockDim inside the tile: coalesced on a
-// GPU, cache-resident on the CPU layer) in index order, then a shuffle tree per warp, then thread 0
-// adds the warp sums in warp order. tile and the grid depend on n only, so the result is fixed.
+// Pass 1 of 2: each thread accumulates its elements in index order (stride blockDim inside the tile,
+// so each warp step reads 32 consecutive floats: coalesced), then a shuffle tree per warp, then
+// thread 0 adds the warp sums in warp order. tile and the grid depend on n only, so the result is
+// fixed. Memory-bound: every gradient float is read once.
 __global__ void norm_squared_partial_kernel(float* partial,   // (gridDim.x)
                                             const float* x,   // (n)
                                             long n, long tile) {
@@ -28,7 +29,8 @@ __global__ void norm_squared_partial_kernel(float* partial,   // (gridDim.x)
 }
 
 // out[0] = sum_{b < count} partial[b]
-// Pass 2 of 2: a single warp, lane l sums partial[l], partial[l+32], ... then a shuffle tree.
+// Pass 2 of 2: a single warp (at most 1024 partials), lane l sums partial[l], partial[l+32], ...
+// then a shuffle tree.
 __global__ void norm_squared_final_kernel(float* out,             // (1)
                                           const float* partial,   // (count)
                                           int count) {
@@ -49,8 +51,9 @@ __global__ void clip_scale_kernel(float* scale,               // (1)
 
 // g = grad * scale;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
 // p -= lr * ((m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) + wd * p)
-// Block b owns the tile [b*32*blockDim, (b+1)*32*blockDim) (threads step by blockDim: coalesced);
-// the bias corrections come from the host.
+// Block b owns the tile [b*32*blockDim, (b+1)*32*blockDim) (threads step by blockDim, so every
+// warp access is 32 consecutive floats: coalesced); the bias corrections come from the host.
+// Memory-bound: four floats read and three written per parameter.
 __global__ void adamw_kernel(float* params,             // (n)
                              const float* grads,        // (n)
                              float* m,                  // (n) first moment
@@ -77,23 +80,23 @@ inline void global_norm_squared(float* out,          // (1) overwritten
                                 float* scratch,      // (>= 1024 floats)
                                 const float* x,      // (n)
                                 long n) {
-    // ~256 elements per thread (a thread's fixed cost, start + 5 shuffles + a barrier, is ~0.4 us on
-    // the CPU layer), at most 1024 blocks (one partial per scratch float); tiles split n evenly
+    // ~256 elements per thread (so the 5 shuffles and the barrier of a thread are a small part of its
+    // work), at most 1024 blocks (one partial per scratch float); tiles split n evenly
     const int block = 256;
     long blocks = (n + block * 256L - 1) / (block * 256L);
     if (blocks < 1) blocks = 1;
     if (blocks > 1024) blocks = 1024;
     const long tile = (n + blocks - 1) / blocks;
-    LAUNCH(norm_squared_partial_kernel, (int)blocks, block, 0, 0, scratch, x, n, tile);
+    norm_squared_partial_kernel<<<(int)blocks, block>>>(scratch, x, n, tile);
     CUDA_CHECK_LAUNCH();
-    LAUNCH(norm_squared_final_kernel, 1, 32, 0, 0, out, scratch, (int)blocks);
+    norm_squared_final_kernel<<<1, 32>>>(out, scratch, (int)blocks);
     CUDA_CHECK_LAUNCH();
 }
 
 inline void clip_scale(float* scale,               // (1)
                        const float* norm_squared,  // (1)
                        float max_norm) {
-    LAUNCH(clip_scale_kernel, 1, 1, 0, 0, scale, norm_squared, max_norm);
+    clip_scale_kernel<<<1, 1>>>(scale, norm_squared, max_norm);
     CUDA_CHECK_LAUNCH();
 }
 
@@ -107,8 +110,8 @@ inline void adamw_update(float* params,           // (n)
     if (n <= 0) return;
     const float bias_correction1 = 1.0f - powf(beta1, (float)step);
     const float bias_correction2 = 1.0f - powf(beta2, (float)step);
-    LAUNCH(adamw_kernel, ceil_div(n, 32L * 128), 128, 0, 0,
-           params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, grad_scale);
+    adamw_kernel<<<ceil_div(n, 32L * 128), 128>>>(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay,
+                                                  bias_correction1, bias_correction2, grad_scale);
     CUDA_CHECK_LAUNCH();
 }
 

@@ -15,6 +15,7 @@
 // touch of device memory crashes the test.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -224,6 +225,61 @@ TEST_F(GptKernels, BiasBackward) {
         ref_bias_backward(db.data(), dout.data(), s.N, s.OC);
         expect_close(d_db.host(), db, kReduction, "bias_backward " + shape({s.N, s.OC}));
     }
+}
+
+// The batched form with one row group is a plain in-order float sum per column, then one +=: the
+// bits of the sequential loop below (the MoE layer's bias gradients rely on exactly that).
+TEST_F(GptKernels, BiasBackwardOneRowGroupIsTheSequentialSum) {
+    const int batch = 3, N = 301, OC = 70;  // OC not a multiple of 32: a partial column tile
+    std::mt19937 rng(44);
+    const Floats dout = random_floats((size_t)batch * N * OC, rng);
+    const Floats db0 = random_floats((size_t)batch * OC, rng);
+    Floats want = db0;
+    for (int b = 0; b < batch; b++)
+        for (int o = 0; o < OC; o++) {
+            float acc = 0.0f;
+            for (int n = 0; n < N; n++) acc += dout[((size_t)b * N + n) * OC + o];
+            want[(size_t)b * OC + o] += acc;
+        }
+    DeviceArray<float> d_dout(dout), d_db(db0);
+    bias_backward(d_db.ptr, d_dout.ptr, (long)N * OC, batch, N, OC, 1);
+    const Floats got = d_db.host();
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "not bit-identical";
+}
+
+// Batched sums against the double reference: each batch entry its own matrix, or (stride 0) every
+// entry the same one; several row groups; rows of dbias that are not in the batch stay untouched.
+TEST_F(GptKernels, BiasBackwardBatchedAndSharedMatrix) {
+    const int batch = 4, N = 130, OC = 33;
+    std::mt19937 rng(45);
+    const Floats dout = random_floats((size_t)batch * N * OC, rng);
+    for (long stride : {(long)N * OC, 0L}) {
+        for (int row_groups : {1, 3, 32}) {
+            Floats db0 = random_floats((size_t)(batch + 1) * OC, rng);  // one extra row past the batch
+            if (stride == 0)  // the same starting row everywhere, so every entry must end with the same bits
+                for (int b = 1; b < batch; b++) std::copy(db0.begin(), db0.begin() + OC, db0.begin() + (long)b * OC);
+            Floats want = db0;
+            for (int b = 0; b < batch; b++) ref_bias_backward(&want[(size_t)b * OC], &dout[(size_t)b * stride], N, OC);
+            DeviceArray<float> d_dout(dout), d_db(db0);
+            bias_backward(d_db.ptr, d_dout.ptr, stride, batch, N, OC, row_groups);
+            const Floats got = d_db.host();
+            const std::string tag = "stride " + std::to_string(stride) + " row_groups " + std::to_string(row_groups);
+            expect_close(Floats(got.begin(), got.begin() + (long)batch * OC),
+                         Floats(want.begin(), want.begin() + (long)batch * OC), kReduction, "bias_backward batched " + tag);
+            for (int o = 0; o < OC; o++) ASSERT_EQ(got[(size_t)batch * OC + o], db0[(size_t)batch * OC + o]) << tag;
+            if (stride == 0) {
+                for (int b = 1; b < batch; b++)
+                    for (int o = 0; o < OC; o++) ASSERT_EQ(got[(size_t)b * OC + o], got[o]) << tag;
+            }
+        }
+    }
+}
+
+TEST(ThreadsPerRow, PowersOfTwoFrom4To32AtAbout32ColumnsEach) {
+    const int widths[] = {1, 64, 128, 129, 256, 257, 512, 513, 4096};
+    const int want[] = {4, 4, 4, 8, 8, 16, 16, 32, 32};
+    for (int i = 0; i < 9; i++) EXPECT_EQ(threads_per_row(widths[i]), want[i]) << "width " << widths[i];
 }
 
 // ---------------------------------------------------------------- attention
