@@ -175,7 +175,8 @@ constexpr int MOE_STATS_BLOCKS = 32;       // at most this many token blocks (ea
 constexpr int MOE_STATS_GRAD_BLOCKS = 16;  // at most this many blocks per expert for the gradient norms
 constexpr int MOE_STATS_THREADS = 128;     // a power of two (tree reductions)
 
-// About 4 tokens per thread, and 64 gradient elements per thread (fibers are not free on the CPU).
+// About 4 tokens per thread, and 64 gradient elements per thread, so a thread's share of the block's
+// tree reduction is small next to its own work.
 inline int moe_stats_token_blocks(int N) { return std::clamp(ceil_div(N, MOE_STATS_THREADS * 4), 1, MOE_STATS_BLOCKS); }
 inline int moe_stats_grad_blocks(int C, int F) {
     const long per_expert = 2L * F * C + F + C;
@@ -225,7 +226,7 @@ __global__ void moe_stats_token_kernel(double* entropy_partials,  // (gridDim.x)
                                        const int* topk_idx,       // (N,K)
                                        const int* kept,           // (N,K)
                                        int N, int E, int K, int R) {
-    double* red = dynamic_shared<double>();              // (blockDim.x)
+    extern __shared__ double red[];                        // (blockDim.x)
     int* hist = reinterpret_cast<int*>(red + blockDim.x);  // (2E+3)
     const int fields = 2 * E + 3;
     for (int i = threadIdx.x; i < fields; i += blockDim.x) hist[i] = 0;
@@ -278,7 +279,7 @@ __global__ void moe_stats_grad_kernel(double* grad_partials,  // (E, gridDim.x)
                                       const float* proj_w,    // (E,C,F)
                                       const float* proj_b,    // (E,C)
                                       int C, int F) {
-    double* red = dynamic_shared<double>();  // (blockDim.x)
+    extern __shared__ double red[];  // (blockDim.x)
     const int e = blockIdx.y, g = blockIdx.x, G = gridDim.x;
     double s = 0.0;
     const float* tensors[4] = {fc_w, fc_b, proj_w, proj_b};
@@ -354,18 +355,19 @@ inline void moe_stats_compute_raw(MoeStatsBuffer& buf,
 
     const size_t token_shared = MOE_STATS_THREADS * sizeof(double) + (size_t)lay.count_fields() * sizeof(int);
     const int token_blocks = moe_stats_token_blocks(N);
-    LAUNCH(moe_stats_token_kernel, token_blocks, MOE_STATS_THREADS, token_shared, 0, entropy_partials,
-           count_partials, probs, topk_idx, kept, N, E, K, R);
+    moe_stats_token_kernel<<<token_blocks, MOE_STATS_THREADS, token_shared>>>(entropy_partials, count_partials, probs,
+                                                                             topk_idx, kept, N, E, K, R);
     CUDA_CHECK_LAUNCH();
     const bool grads = grad_fc_w && grad_fc_b && grad_proj_w && grad_proj_b;
     const int grad_blocks = grads ? moe_stats_grad_blocks(C, F) : 0;
     if (grads) {
-        LAUNCH(moe_stats_grad_kernel, dim3(grad_blocks, E), MOE_STATS_THREADS, MOE_STATS_THREADS * sizeof(double), 0,
-               grad_partials, grad_fc_w, grad_fc_b, grad_proj_w, grad_proj_b, C, F);
+        moe_stats_grad_kernel<<<dim3(grad_blocks, E), MOE_STATS_THREADS, MOE_STATS_THREADS * sizeof(double)>>>(
+            grad_partials, grad_fc_w, grad_fc_b, grad_proj_w, grad_proj_b, C, F);
         CUDA_CHECK_LAUNCH();
     }
-    LAUNCH(moe_stats_finalize_kernel, 1, MOE_STATS_THREADS, 0, 0, doubles, counts, entropy_partials,
-           grads ? grad_partials : nullptr, count_partials, aux, z, N, E, token_blocks, grad_blocks);
+    moe_stats_finalize_kernel<<<1, MOE_STATS_THREADS>>>(doubles, counts, entropy_partials,
+                                                        grads ? grad_partials : nullptr, count_partials, aux, z, N, E,
+                                                        token_blocks, grad_blocks);
     CUDA_CHECK_LAUNCH();
 }
 
