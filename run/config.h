@@ -1,4 +1,4 @@
-// config.h: every training flag, its default and its help text, in one table (nanoGPT style).
+// run/config.h: every training flag, its default and its help text, in one table (nanoGPT style).
 //
 //   TrainConfig cfg; std::string err;
 //   if (!parse_config(argc, argv, gpu_backend, cfg, err)) { fprintf(stderr, "error: %s\n", err.c_str()); exit(2); }
@@ -12,10 +12,14 @@
 // A configuration is also stored as safetensors metadata (every field under its flag name, see
 // config_to_metadata) and read back from a checkpoint for --resume (config_from_metadata,
 // merge_resume_config).
+//
+// Host-only C++: ablations/ablate.cpp reads the defaults from this table too.
 #pragma once
 #include <cerrno>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -24,15 +28,15 @@
 #include <variant>
 #include <vector>
 
-struct TrainConfig {
+#include "model_config.h"
+
+// The model's fields (layers, dim, experts, capacity_factor, ...) are ModelConfig's; a TrainConfig
+// adds the run's own. The model is built from the TrainConfig itself (a ModelConfig, once the data
+// has set vocab_size).
+struct TrainConfig : ModelConfig {
     // data and run
     std::string data, out, resume, dump_state, device;
-    // model
-    int layers = 0, heads = 0, dim = 0, block_size = 0, ffn_hidden = 0;
-    // MoE
-    int experts = 0, top_k = 0, expert_hidden = 0, shared_experts = 0, shared_hidden = 0, router_noise = 0;
-    float capacity_factor = 0, aux_coef = 0, z_coef = 0;
-    int ep_ranks = 0;
+    int ep_ranks = 0;  // simulated expert-parallel ranks (a diagnostic; not part of the model)
     // optimisation
     int batch = 0, steps = 0, warmup = 0, seed = 0;
     float lr = 0, min_lr = 0, weight_decay = 0, grad_clip = 0, beta1 = 0, beta2 = 0;
@@ -48,10 +52,11 @@ struct TrainConfig {
 // One row of the table. `trajectory` marks the fields that decide the training run's numbers
 // (model, optimisation, seed): a resumed run must agree with its checkpoint on all of them. The
 // others (logging cadence, paths, device) may change between a run and its resumption; the data
-// is checked by its content (vocabulary and hash, see run_files.h), not by its path.
+// is checked by its content (vocabulary and hash, see run/files.h), not by its path.
 struct FlagSpec {
     const char* name;
-    std::variant<int TrainConfig::*, float TrainConfig::*, std::string TrainConfig::*> field;
+    // The model's fields are ModelConfig members: `int ModelConfig::*` converts to `int TrainConfig::*`.
+    std::variant<int TrainConfig::*, float TrainConfig::*, double TrainConfig::*, std::string TrainConfig::*> field;
     const char* cpu_default;
     const char* gpu_default;
     bool trajectory;
@@ -144,6 +149,21 @@ inline bool parse_float_value(const std::string& s, float& out) {
     return true;
 }
 
+// The same rules for a double field (--capacity-factor): finite, not subnormal.
+inline bool parse_double_value(const std::string& s, double& out) {
+    if (s.empty()) return false;
+    for (char c : s)
+        if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '+' || c == '-')) return false;
+    errno = 0;
+    char* end = nullptr;
+    double v = strtod(s.c_str(), &end);
+    if (*end != '\0' || end == s.c_str()) return false;
+    if (errno == ERANGE || !std::isfinite(v)) return false;  // 1e999, 1e-999
+    if (v != 0 && std::fabs(v) < DBL_MIN) return false;
+    out = v;
+    return true;
+}
+
 // The shortest %g text that reads back to the same float ("0.001", not "0.00100000005").
 inline std::string format_float(float x) {
     char buf[64];
@@ -154,9 +174,21 @@ inline std::string format_float(float x) {
     return buf;
 }
 
+// The shortest of %.15g, %.16g, %.17g that reads back to the same double ("1.25", "0.7"); any
+// decimal of at most 15 significant digits comes back as it was written.
+inline std::string format_double(double x) {
+    char buf[64];
+    for (int precision = 15; precision <= 17; precision++) {
+        snprintf(buf, sizeof buf, "%.*g", precision, x);
+        if (strtod(buf, nullptr) == x) break;
+    }
+    return buf;
+}
+
 inline std::string get_flag_value(const TrainConfig& c, const FlagSpec& f) {
     if (auto p = std::get_if<int TrainConfig::*>(&f.field)) return std::to_string(c.*(*p));
     if (auto p = std::get_if<float TrainConfig::*>(&f.field)) return format_float(c.*(*p));
+    if (auto p = std::get_if<double TrainConfig::*>(&f.field)) return format_double(c.*(*p));
     return c.*std::get<std::string TrainConfig::*>(f.field);
 }
 
@@ -172,6 +204,11 @@ inline bool set_flag_value(TrainConfig& c, const FlagSpec& f, const std::string&
             error = std::string("--") + f.name + ": \"" + value + "\" is not a number (or out of range)";
             return false;
         }
+    } else if (auto p = std::get_if<double TrainConfig::*>(&f.field)) {
+        if (!parse_double_value(value, c.*(*p))) {
+            error = std::string("--") + f.name + ": \"" + value + "\" is not a number (or out of range)";
+            return false;
+        }
     } else {
         c.*std::get<std::string TrainConfig::*>(f.field) = value;
     }
@@ -181,6 +218,24 @@ inline bool set_flag_value(TrainConfig& c, const FlagSpec& f, const std::string&
 inline void apply_defaults(TrainConfig& c, bool gpu_backend) {
     std::string unused;
     for (const auto& f : flag_table()) set_flag_value(c, f, gpu_backend ? f.gpu_default : f.cpu_default, unused);
+}
+
+// The defaults of one build as a configuration (widths left at 0 = derived from --dim).
+inline TrainConfig default_config(bool gpu_backend) {
+    TrainConfig c;
+    apply_defaults(c, gpu_backend);
+    return c;
+}
+
+// One flag's default exactly as the table spells it ("1e-3", "1.25"), for programs that drive the
+// trainer (ablations/ablate.cpp). A name that is not a flag is a programming error: it aborts.
+inline std::string flag_default(const std::string& name, bool gpu_backend) {
+    const FlagSpec* f = find_flag(name);
+    if (!f) {
+        fprintf(stderr, "internal error: flag_default(\"%s\"): no such flag\n", name.c_str());
+        abort();
+    }
+    return gpu_backend ? f->gpu_default : f->cpu_default;
 }
 
 // ------------------------------------------------------------------------ command line, checks
@@ -225,10 +280,6 @@ inline bool parse_args(int argc, char** argv, bool gpu_backend, TrainConfig& c, 
     return true;
 }
 
-// The router kernels keep a token's E logits in registers (moe_layer.cuh's MOE_MAX_EXPERTS; the
-// trainer asserts the two agree).
-constexpr int kMaxExperts = 64;
-
 // Derives the 0 = "from dim" widths, then checks every field and their combinations.
 inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
     if (c.ffn_hidden == 0) c.ffn_hidden = 4 * c.dim;
@@ -240,9 +291,9 @@ inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
         if (v >= lo) return true;
         return fail(std::string("--") + flag + " must be at least " + std::to_string(lo) + " (got " + std::to_string(v) + ")");
     };
-    auto non_negative = [&](const char* flag, float v) {
+    auto non_negative = [&](const char* flag, auto v) {
         if (v >= 0) return true;
-        return fail(std::string("--") + flag + " must not be negative (got " + format_float(v) + ")");
+        return fail(std::string("--") + flag + " must not be negative (got " + get_flag_value(c, *find_flag(flag)) + ")");
     };
     auto flag01 = [&](const char* flag, int v) {
         if (v == 0 || v == 1) return true;
@@ -262,8 +313,8 @@ inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
         !at_least("shared-experts", c.shared_experts, 0) || !at_least("shared-hidden", c.shared_hidden, 1) ||
         !at_least("ep-ranks", c.ep_ranks, 1))
         return false;
-    if (c.experts > kMaxExperts)
-        return fail("--experts " + std::to_string(c.experts) + " exceeds the supported maximum of " + std::to_string(kMaxExperts));
+    if (c.experts > MOE_MAX_EXPERTS)
+        return fail("--experts " + std::to_string(c.experts) + " exceeds the supported maximum of " + std::to_string(MOE_MAX_EXPERTS));
     if (c.experts > 0 && c.top_k > c.experts)
         return fail("--top-k " + std::to_string(c.top_k) + " exceeds --experts " + std::to_string(c.experts));
     if (!non_negative("capacity-factor", c.capacity_factor) || !non_negative("aux-coef", c.aux_coef) ||
@@ -292,19 +343,22 @@ inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
         return fail(std::string("configuration too large: ") + what + " would need " + buf +
                     " elements (limit 2^31); reduce --batch, --block-size or the widths");
     };
-    double cap = N;
-    if (c.experts > 0 && c.capacity_factor > 0) cap = std::min(N, std::ceil((double)c.capacity_factor * N * c.top_k / c.experts) );
     double widest = std::max({3 * C, (double)c.ffn_hidden, 256.0});
     if (!fits("activations (batch*block-size*width)", N * widest) ||
         !fits("attention scores (batch*heads*block-size^2)", (double)c.batch * c.heads * c.block_size * c.block_size) ||
         !fits("position embedding (block-size*dim)", (double)c.block_size * C) ||
         !fits("FFN weights (hidden*dim)", std::max((double)c.ffn_hidden, (double)c.shared_experts * c.shared_hidden) * C))
         return false;
-    if (c.experts > 0 &&
-        (!fits("expert buffers (experts*capacity*width)", (double)c.experts * cap * std::max(C, (double)c.expert_hidden)) ||
-         !fits("routed tokens (batch*block-size*top-k*expert-hidden)", N * c.top_k * c.expert_hidden) ||
-         !fits("shared expert activations", N * c.shared_experts * c.shared_hidden) ||
-         !fits("expert weights (experts*expert-hidden*dim)", (double)c.experts * c.expert_hidden * C)))
+    if (c.experts == 0) return true;
+    // The capacity is a count of tokens (an int): N fits one here, cf*N*K/E must too.
+    if (c.capacity_factor * N * c.top_k / c.experts > limit)
+        return fail("--capacity-factor " + format_double(c.capacity_factor) +
+                    " is too large: an expert's capacity would exceed 2^31 tokens");
+    const double rows = expert_buffer_rows(c, (long)N);
+    if (!fits("expert buffers (experts*capacity*width)", (double)c.experts * rows * std::max(C, (double)c.expert_hidden)) ||
+        !fits("routed tokens (batch*block-size*top-k*expert-hidden)", N * c.top_k * c.expert_hidden) ||
+        !fits("shared expert activations", N * c.shared_experts * c.shared_hidden) ||
+        !fits("expert weights (experts*expert-hidden*dim)", (double)c.experts * c.expert_hidden * C))
         return false;
     return true;
 }
