@@ -1,4 +1,4 @@
-// plot.h: a small plotting module that writes PNG files, for the diagnostics of moe.cu runs.
+// run/plot.h: a small plotting module that writes PNG files, for the diagnostics of moe.cu runs.
 //
 // Plot kinds (each an `Axes`, laid out in a grid of panels by a `Figure`):
 //   - line plots: several series, legend, optional log-scale axes, axis labels, title;

@@ -1,4 +1,4 @@
-// run_report.h: a run's diagnostics turned into files: the metrics history, the plots, the
+// run/report.h: a run's diagnostics turned into files: the metrics history, the plots, the
 // expert-specialisation report and the summary fields (issue 5, items 2 and 3).
 //
 // Host-only C++ on top of diagnostics.cuh (MoeStats, ExpertCharCounts, DomainExpertTable), plot.h
@@ -50,8 +50,8 @@
 
 #include "data/synthetic.h"
 #include "diagnostics.cuh"
-#include "plot.h"
-#include "safetensors.h"
+#include "run/plot.h"
+#include "run/safetensors.h"
 
 // ================================================================================================
 // Metrics lines

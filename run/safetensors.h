@@ -1,4 +1,4 @@
-// safetensors.h: a small JSON reader/writer and the safetensors file format, both from scratch.
+// run/safetensors.h: a small JSON reader/writer and the safetensors file format, both from scratch.
 //
 // File layout (https://github.com/huggingface/safetensors):
 //   8 bytes   little-endian uint64 N, the header length

@@ -1,4 +1,4 @@
-// run_files.h: what a training run leaves on disk, and reading it back for --resume.
+// run/files.h: what a training run leaves on disk, and reading it back for --resume.
 //
 // A run directory (--out, default runs/<YYYYmmdd-HHMMSS>) holds:
 //   metrics.jsonl       one JSON object per logged step, one per line, flushed as written
@@ -8,7 +8,7 @@
 //   state.safetensors   everything else a resumed run needs, beside the model (see below)
 //   summary.json        written at the end of the run
 //   specialisation.txt  MoE: which characters (and synthetic domains) each expert receives, at the end
-//   *.png               plots of the run at the end (run_report.h; --plots 0 turns them off)
+//   *.png               plots of the run at the end (run/report.h; --plots 0 turns them off)
 //
 // state.safetensors: tensors "m.<name>" and "v.<name>" (F32, the AdamW moments of every weight,
 // shaped like it); metadata "format" = "moe.cu-state-1", "step" (must equal the model's),
@@ -33,9 +33,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "run/config.h"
 #include "data/dataloader.h"
-#include "safetensors.h"
+#include "run/safetensors.h"
 
 // ------------------------------------------------------------------------------------ JSON lines
 
@@ -353,11 +353,14 @@ inline bool read_checkpoint(const std::string& model_path, bool gpu_backend, Che
     if (c.state.step != c.step)
         return bad(c.state_path, "is from step " + std::to_string(c.state.step) + " but the model from step " +
                                      std::to_string(c.step) + " (interrupted while checkpointing?)");
+    // Compared as values, not as text: files written before --capacity-factor became a double spell
+    // e.g. 20 as "2e+01", which reads back as 20 and is written as "20" from then on.
     for (const auto& f : flag_table()) {
         if (!f.trajectory) continue;
         auto it = c.state.config.find(f.name);
-        std::string want = get_flag_value(c.config, f);
-        if (it == c.state.config.end() || it->second != want)
+        TrainConfig state_config = c.config;
+        if (it == c.state.config.end() || !set_flag_value(state_config, f, it->second, why) ||
+            get_flag_value(state_config, f) != get_flag_value(c.config, f))
             return bad(c.state_path, std::string("belongs to another run (its --") + f.name + " differs from the model's)");
     }
     if (c.state.m.size() != c.model.tensors.size())
