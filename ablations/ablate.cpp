@@ -39,88 +39,17 @@
 #include <thread>
 #include <vector>
 
-#include "plot.h"
-#include "run_report.h"
-#include "safetensors.h"
+#include "ablations/study.h"
+#include "run/plot.h"
+#include "run/report.h"
+#include "run/safetensors.h"
 
 extern char** environ;
 
 namespace {
 
 // ------------------------------------------------------------------------------------------------
-// The study
-
-struct Sweep {
-    std::string trainer = "./train_moe_cpu";
-    std::string data = "data/tinyshakespeare.txt";
-    std::string runs_dir = "ablations/runs";
-    std::string out_dir = "ablations";
-    int layers = 2, heads = 4, dim = 96, block = 64, batch = 16, steps = 2000, warmup = 100, seed = 1337;
-    int experts = 8, expert_hidden = 0;  // 0: 2*dim
-    int eval_every = 100, eval_batches = 16, log_every = 10, checkpoint_every = 250;
-    int jobs = 2;
-    bool report_only = false, dry_run = false;
-    std::set<std::string> only;
-    int F() const { return expert_hidden > 0 ? expert_hidden : 2 * dim; }
-};
-
-struct RunSpec {
-    std::string name;   // directory name
-    std::string label;  // one line for the table
-    std::map<std::string, std::string> flags;  // trajectory flags beyond the common ones
-    double cost = 1;    // relative compute, for scheduling the longest first
-};
-
-// The common flags of every run (model size, optimisation, data, logging) and the MoE defaults.
-std::map<std::string, std::string> common_flags(const Sweep& s) {
-    return {{"data", s.data},
-            {"layers", std::to_string(s.layers)},
-            {"heads", std::to_string(s.heads)},
-            {"dim", std::to_string(s.dim)},
-            {"block-size", std::to_string(s.block)},
-            {"batch", std::to_string(s.batch)},
-            {"steps", std::to_string(s.steps)},
-            {"warmup", std::to_string(s.warmup)},
-            {"seed", std::to_string(s.seed)},
-            {"eval-every", std::to_string(s.eval_every)},
-            {"eval-batches", std::to_string(s.eval_batches)},
-            {"log-every", std::to_string(s.log_every)},
-            {"checkpoint-every", std::to_string(s.checkpoint_every)},
-            {"sample-every", "0"},
-            {"sample-len", "200"},
-            {"experts", std::to_string(s.experts)},
-            {"expert-hidden", std::to_string(s.F())},
-            {"top-k", "2"},
-            {"capacity-factor", "1.25"},
-            {"router-noise", "1"},
-            {"aux-coef", "0.01"},
-            {"z-coef", "0.001"},
-            {"shared-experts", "0"}};
-}
-
-std::vector<RunSpec> study(const Sweep& s) {
-    const int E = s.experts, F = s.F(), K = 2;
-    const std::string moe = "MoE " + std::to_string(E) + "x" + std::to_string(F);
-    std::vector<RunSpec> r;
-    r.push_back({"dense-total", "dense, FFN " + std::to_string(E * F) + " (= E*F: the MoE's total size)",
-                 {{"experts", "0"}, {"ffn-hidden", std::to_string(E * F)}}, 1.7});
-    r.push_back({"top2", moe + " top-2 (baseline: cf 1.25, noise, aux 0.01, z 0.001)", {}, 1.0});
-    r.push_back({"top2-seed2", moe + " top-2, seed " + std::to_string(s.seed + 1) + " (noise reference)",
-                 {{"seed", std::to_string(s.seed + 1)}}, 1.0});
-    r.push_back({"aux-off", moe + " top-2, aux loss off, noise off", {{"aux-coef", "0"}, {"router-noise", "0"}}, 1.0});
-    r.push_back({"noise-off", moe + " top-2, noise off (aux on)", {{"router-noise", "0"}}, 1.0});
-    r.push_back({"z-off", moe + " top-2, z-loss off", {{"z-coef", "0"}}, 1.0});
-    r.push_back({"cf0.5", moe + " top-2, capacity factor 0.5", {{"capacity-factor", "0.5"}}, 0.9});
-    r.push_back({"cf1.0", moe + " top-2, capacity factor 1.0", {{"capacity-factor", "1"}}, 1.0});
-    r.push_back({"cf2.0", moe + " top-2, capacity factor 2.0", {{"capacity-factor", "2"}}, 1.0});
-    r.push_back({"cf-unlimited", moe + " top-2, unlimited capacity", {{"capacity-factor", "0"}}, 1.0});
-    r.push_back({"shared", "1 shared expert (" + std::to_string(F) + ") + " + moe + " top-1",
-                 {{"top-k", "1"}, {"shared-experts", "1"}, {"shared-hidden", std::to_string(F)}}, 1.0});
-    r.push_back({"top1", moe + " top-1", {{"top-k", "1"}}, 0.8});
-    r.push_back({"dense-active", "dense, FFN " + std::to_string(K * F) + " (= K*F: the MoE's active size)",
-                 {{"experts", "0"}, {"ffn-hidden", std::to_string(K * F)}}, 0.7});
-    return r;
-}
+// The study (the runs: study.h)
 
 struct Experiment {
     std::string key, title;
@@ -136,19 +65,11 @@ std::vector<Experiment> experiments() {
     return {{"dense_vs_moe", "Dense versus MoE", {"dense-active", "top1", "top2", "dense-total"}, {}},
             {"aux", "Load-balancing loss off versus on (router noise off in both)", {"aux-off", "noise-off"},
              {{"aux-off", "aux off (aux-off)"}, {"noise-off", "aux on (noise-off)"}}},
-            {"capacity", "Capacity factor", {"cf0.5", "cf1.0", "top2", "cf2.0", "cf-unlimited"}, {{"top2", "cf1.25 (top2)"}}},
+            {"capacity", "Capacity factor", {"cf0.5", "cf1.0", "top2", "cf2.0", "cf-unlimited"},
+             {{"top2", "cf" + trainer_default("capacity-factor") + " (top2)"}}},
             {"shared", "Shared expert versus none, at equal active compute", {"top2", "shared"}, {}},
             {"noise", "Router noise on versus off", {"top2", "noise-off"}, {{"top2", "noise on (top2)"}, {"noise-off", "noise off (noise-off)"}}},
             {"zloss", "Router z-loss on versus off", {"top2", "z-off"}, {{"top2", "z-loss on (top2)"}, {"z-off", "z-loss off (z-off)"}}}};
-}
-
-std::map<std::string, std::string> run_flags(const Sweep& s, const RunSpec& r) {
-    std::map<std::string, std::string> f = common_flags(s);
-    for (const auto& [k, v] : r.flags) f[k] = v;
-    if (f["experts"] == "0")  // dense: the MoE flags do not apply (left at the trainer's defaults)
-        for (const char* k : {"expert-hidden", "top-k", "capacity-factor", "router-noise", "aux-coef", "z-coef", "shared-experts"})
-            f.erase(k);
-    return f;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -751,7 +672,7 @@ std::string experiment_text(const Report& R, const Experiment& x) {
         const Result *off = g("aux-off"), *on = g("noise-off");
         if (!off || !on) return "Some runs of this experiment are missing.\n";
         t += "Without the load-balancing loss the load imbalance (max/mean tokens per expert, before capacity, mean of the last 10% of steps) was " +
-             f2(off->get("load_imbalance")) + " vs " + f2(on->get("load_imbalance")) + " with it (aux coefficient 0.01), the router entropy " +
+             f2(off->get("load_imbalance")) + " vs " + f2(on->get("load_imbalance")) + " with it (aux coefficient " + trainer_default("aux-coef") + "), the router entropy " +
              fmt("%.3f", off->get("router_entropy")) + " vs " + fmt("%.3f", on->get("router_entropy")) + " nats (ln " +
              std::to_string(on->E) + " = " + fmt("%.3f", std::log((double)on->E)) + " is uniform), and the drop rate " +
              pct(off->get("drop_rate")) + " vs " + pct(on->get("drop_rate")) + ". ";
@@ -764,7 +685,7 @@ std::string experiment_text(const Report& R, const Experiment& x) {
              ". " + R.vs("aux-off", "noise-off") + ".\n";
     } else if (x.key == "capacity") {
         std::vector<std::pair<std::string, std::string>> cf = {
-            {"cf0.5", "0.5"}, {"cf1.0", "1.0"}, {"top2", "1.25"}, {"cf2.0", "2.0"}, {"cf-unlimited", "unlimited"}};
+            {"cf0.5", "0.5"}, {"cf1.0", "1.0"}, {"top2", trainer_default("capacity-factor")}, {"cf2.0", "2.0"}, {"cf-unlimited", "unlimited"}};
         std::string drops, vals, speeds;
         const Result* best = nullptr;
         std::string best_cf;
@@ -803,7 +724,7 @@ std::string experiment_text(const Report& R, const Experiment& x) {
         const Result *on = g("top2"), *off = g("z-off");
         if (!on || !off) return "Some runs of this experiment are missing.\n";
         t += "Router logit size, as the RMS over tokens of logsumexp of the clean router logits (sqrt of the z-loss, mean of the layers and of the last 10% of steps): " +
-             fmt("%.3f", on->get("router_lse_rms")) + " with the z-loss (coefficient 0.001) vs " + fmt("%.3f", off->get("router_lse_rms")) +
+             fmt("%.3f", on->get("router_lse_rms")) + " with the z-loss (coefficient " + trainer_default("z-coef") + ") vs " + fmt("%.3f", off->get("router_lse_rms")) +
              " without (z = " + fmt("%.3f", on->get("z")) + " vs " + fmt("%.3f", off->get("z")) + "; all-zero logits give ln " +
              std::to_string(on->E) + " = " + fmt("%.3f", std::log((double)on->E)) + "). ";
         t += "Stability: the largest gradient norm (before clipping) after warmup was " + f2(on->max_grad_norm) + " vs " +
@@ -839,11 +760,15 @@ bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<st
     md += "Every run: tiny Shakespeare (`" + s.data + "`, character level), seed " + std::to_string(s.seed) + " (except the noise reference), " +
           std::to_string(s.layers) + " layers, dim " + std::to_string(s.dim) + ", " + std::to_string(s.heads) + " heads, block " +
           std::to_string(s.block) + ", batch " + std::to_string(s.batch) + " (N = " + std::to_string(s.batch * s.block) +
-          " tokens per step), " + std::to_string(s.steps) + " steps of AdamW (lr 1e-3 cosine to 1e-4, warmup " +
-          std::to_string(s.warmup) + ", weight decay 0.1, clip 1.0). MoE runs: " + std::to_string(s.experts) +
+          " tokens per step), " + std::to_string(s.steps) + " steps of AdamW (lr " + trainer_default("lr") + " cosine to " +
+          trainer_default("min-lr") + ", warmup " + std::to_string(s.warmup) + ", weight decay " + trainer_default("weight-decay") +
+          ", clip " + trainer_default("grad-clip") + "). MoE runs: " + std::to_string(s.experts) +
           " experts of hidden width " + std::to_string(s.F()) +
-          " in every layer, and unless the run says otherwise top-2, capacity factor 1.25, router noise on, aux coefficient 0.01, "
-          "z coefficient 0.001, no shared expert. Validation loss: the same " +
+          " in every layer, and unless the run says otherwise top-" + std::to_string(s.top_k) + ", capacity factor " +
+          trainer_default("capacity-factor") + ", router noise " + (trainer_default("router-noise") == "1" ? "on" : "off") +
+          ", aux coefficient " + trainer_default("aux-coef") + ", z coefficient " + trainer_default("z-coef") + ", " +
+          (trainer_default("shared-experts") == "0" ? std::string("no shared expert") : trainer_default("shared-experts") + " shared experts") +
+          ". Validation loss: the same " +
           std::to_string(s.eval_batches) + " validation batches for every run, every " + std::to_string(s.eval_every) +
           " steps and at the end.\n\n";
     md += "Columns: *train CE* is the mean training cross-entropy of the log steps in the last 10% of the run (one batch is "
@@ -930,7 +855,7 @@ bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<st
             md += "![routing over time, aux off vs on](routing_aux.png)\n\n";
         }
         if (x.key == "capacity" && runs.size() == x.runs.size()) {
-            save(capacity_figure(runs, {"0.5", "1.0", "1.25", "2.0", "unlimited"}), "capacity.png");
+            save(capacity_figure(runs, {"0.5", "1.0", trainer_default("capacity-factor"), "2.0", "unlimited"}), "capacity.png");
             md += "![drop rate and validation loss against capacity factor](capacity.png)\n\n";
         }
         if (x.key == "zloss" && !runs.empty()) {
