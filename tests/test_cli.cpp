@@ -11,6 +11,7 @@
 // environment variable MOE_TRAINER overrides the path.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -19,8 +20,8 @@
 #include <unistd.h>
 
 #include "data/synthetic.h"
-#include "run_files.h"
-#include "safetensors.h"
+#include "run/files.h"
+#include "run/safetensors.h"
 
 namespace {
 
@@ -338,6 +339,10 @@ TEST_F(Cli, SameSeedSameLossesAndResumeContinuesExactly) {
     ASSERT_EQ(rc.status, 0) << rc.err;
     EXPECT_FALSE(path_exists(c + "/summary.json"));
     EXPECT_EQ(losses_of(c + "/metrics.jsonl").size(), 7u);
+    safetensors::File stopped;
+    std::string err;
+    ASSERT_TRUE(safetensors::read(c + "/model.safetensors", stopped, err)) << err;
+    EXPECT_EQ(*stopped.meta("capacity-factor"), "1.25");  // spelled as the float flag spelled it
     Result rr = run({"--resume", c + "/model.safetensors"});  // everything else comes from the checkpoint
     ASSERT_EQ(rr.status, 0) << rr.err;
     EXPECT_NE(rr.out.find("from " + c + "/model.safetensors at step 6"), std::string::npos) << rr.out;
@@ -351,6 +356,69 @@ TEST_F(Cli, SameSeedSameLossesAndResumeContinuesExactly) {
     Result rd = run(args(dir + "/det_d", {"--seed", "7"}));
     ASSERT_EQ(rd.status, 0) << rd.err;
     EXPECT_NE(losses_of(dir + "/det_d/metrics.jsonl"), la);
+}
+
+// The model's capacity is ceil(cf * N * K / E) from the double the flag holds. With cf 0.1, N 20,
+// K 1, E 2 that is 1 (exactly 1.0 before the ceil); the float 0.1f would make it 2.
+TEST_F(Cli, CapacityComesFromTheDoubleCapacityFactor) {
+    struct Case {
+        std::vector<std::string> flags;
+        int capacity;
+    };
+    const std::vector<Case> cases = {
+        {{"--capacity-factor", "0.1", "--batch", "5", "--block-size", "4", "--experts", "2", "--top-k", "1"}, 1},
+        {{"--capacity-factor", "0.7"}, (int)std::ceil(0.7 * 16 * 2 / 4)},  // tiny: N = 16, K = 2, E = 4
+    };
+    for (size_t i = 0; i < cases.size(); i++) {
+        const std::string out = dir + "/capacity" + std::to_string(i), cap = std::to_string(cases[i].capacity);
+        std::vector<std::string> more = {"--out", out, "--steps", "1", "--plots", "0"};
+        more.insert(more.end(), cases[i].flags.begin(), cases[i].flags.end());
+        Result r = run(tiny(more));
+        ASSERT_EQ(r.status, 0) << r.err;
+        EXPECT_NE(r.out.find("capacity " + cap + " tokens per expert"), std::string::npos) << r.out;
+        std::vector<std::string> records = losses_of(out + "/metrics.jsonl");
+        ASSERT_EQ(records.size(), 2u);
+        EXPECT_NE(records[0].find("capacity=[" + cap + ",]"), std::string::npos) << records[0];
+        EXPECT_NE(records[1].find(",capacity:" + cap + ","), std::string::npos) << records[1];  // the layer's own
+        safetensors::File model;
+        std::string err;
+        ASSERT_TRUE(safetensors::read(out + "/model.safetensors", model, err)) << err;
+        EXPECT_EQ(*model.meta("capacity-factor"), cases[i].flags[1]);
+    }
+    EXPECT_EQ((int)std::ceil((double)0.1f * 20 * 1 / 2), 2);  // the float would have made the first case 2
+}
+
+// A checkpoint written while the capacity factor was a float holds the float's shortest text,
+// which for 20 is "2e+01" (in the model and in the state). Such a checkpoint resumes, and the run
+// continues exactly as if it had never stopped.
+TEST_F(Cli, ResumeReadsTheFloatFlagsSpelling) {
+    auto args = [&](const std::string& out, std::vector<std::string> more = {}) {
+        std::vector<std::string> a = tiny({"--out", out, "--steps", "6", "--log-every", "1", "--capacity-factor", "20",
+                                           "--plots", "0"});
+        a.insert(a.end(), more.begin(), more.end());
+        return a;
+    };
+    const std::string whole = dir + "/cf20_whole", stopped = dir + "/cf20_stopped";
+    Result ra = run(args(whole)), rb = run(args(stopped, {"--stop-at", "3"}));
+    ASSERT_EQ(ra.status, 0) << ra.err;
+    ASSERT_EQ(rb.status, 0) << rb.err;
+    for (const char* name : {"/model.safetensors", "/state.safetensors"}) {
+        safetensors::File f;
+        std::string err;
+        ASSERT_TRUE(safetensors::read(stopped + name, f, err)) << err;
+        EXPECT_EQ(*f.meta("capacity-factor"), "20");
+        f.metadata["capacity-factor"] = "2e+01";
+        ASSERT_TRUE(safetensors::write(stopped + name, f, err)) << err;
+    }
+    Result rr = run({"--resume", stopped + "/model.safetensors"});
+    ASSERT_EQ(rr.status, 0) << rr.err;
+    EXPECT_NE(rr.out.find("capacity-factor=20 "), std::string::npos) << rr.out;
+    EXPECT_EQ(losses_of(stopped + "/metrics.jsonl"), losses_of(whole + "/metrics.jsonl"));
+    EXPECT_EQ(read_file(stopped + "/model.safetensors"), read_file(whole + "/model.safetensors"));
+    // and a command line that names the factor in either spelling agrees with it
+    Result agree = run({"--resume", stopped + "/model.safetensors", "--capacity-factor", "2e+01", "--steps", "6"});
+    EXPECT_EQ(agree.status, 2);  // the run is complete now, which is the only complaint
+    EXPECT_NE(agree.err.find("already complete"), std::string::npos) << agree.err;
 }
 
 TEST_F(Cli, DenseModelTrains) {

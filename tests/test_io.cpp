@@ -3,18 +3,21 @@
 #include <gtest/gtest.h>
 
 #include <csignal>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "ablations/study.h"
 #include "data/dataloader.h"
 #include "data/synthetic.h"
-#include "run_files.h"
-#include "safetensors.h"
+#include "run/config.h"
+#include "run/files.h"
+#include "run/safetensors.h"
 
 namespace {
 
@@ -351,7 +354,7 @@ TEST(Config, CpuDefaultsAreNanoGptBaby) {
     EXPECT_EQ(c.shared_experts, 0);
     EXPECT_EQ(c.shared_hidden, 256);
     EXPECT_EQ(c.ffn_hidden, 512);  // 0 = 4*dim
-    EXPECT_EQ(c.capacity_factor, 1.25f);
+    EXPECT_EQ(c.capacity_factor, 1.25);
     EXPECT_EQ(c.router_noise, 1);
     EXPECT_EQ(c.aux_coef, 0.01f);
     EXPECT_EQ(c.z_coef, 0.001f);
@@ -395,7 +398,7 @@ TEST(Config, BothSpellingsAndDerivedWidths) {
     EXPECT_EQ(c.expert_hidden, 100);
     EXPECT_EQ(c.shared_hidden, 128);
     EXPECT_EQ(c.ffn_hidden, 256);
-    EXPECT_EQ(c.capacity_factor, 0.0f);
+    EXPECT_EQ(c.capacity_factor, 0.0);
     EXPECT_EQ(c.data, "synthetic");
     EXPECT_EQ(c.given, (std::set<std::string>{"dim", "heads", "lr", "min-lr", "experts", "data", "expert-hidden", "capacity-factor"}));
 }
@@ -560,6 +563,152 @@ TEST(Config, ResumeMergeKeepsTheCheckpointAndRejectsConflicts) {
     ASSERT_TRUE(parse_cli({"--lr", "2e-3"}));
     EXPECT_FALSE(merge_resume_config(cli, ckpt, merged, err));
     EXPECT_NE(err.find("--lr"), std::string::npos) << err;
+}
+
+// The capacity factor is a double: parsed as one (same strictness as the float flags), written
+// as the shortest text that reads back to the same double, and read back from checkpoints that
+// were written when it was a float.
+TEST(Config, CapacityFactorIsParsedStrictlyAsADouble) {
+    for (const char* bad : {"", " 1", "1 ", "1.25x", "nan", "inf", "-inf", "0x1p-2", "1e999", "1e-999", "1e-310", "1,5", "--1"}) {
+        TrainConfig c;
+        std::string err;
+        EXPECT_FALSE(parse({std::string("--capacity-factor=") + bad}, c, err)) << bad;
+        EXPECT_TRUE(one_line(err)) << err;
+        EXPECT_NE(err.find(std::string("--capacity-factor: \"") + bad + "\" is not a number"), std::string::npos) << err;
+    }
+    struct Case {
+        const char* text;
+        double value;
+    };
+    // 0.1 is the value where a float would change the capacity: (double)0.1f * 20 / 2 = 1.0000000149.
+    for (const Case& k : {Case{"0.7", 0.7}, Case{"0.1", 0.1}, Case{"1.25", 1.25}, Case{"2", 2.0}, Case{"0", 0.0},
+                          Case{"1e-40", 1e-40}, Case{"0.30000000000000004", 0.1 + 0.2}}) {
+        TrainConfig c;
+        std::string err;
+        ASSERT_TRUE(parse({"--capacity-factor", k.text}, c, err)) << k.text << ": " << err;
+        EXPECT_EQ(c.capacity_factor, k.value) << k.text;
+        EXPECT_EQ(get_flag_value(c, *find_flag("capacity-factor")), k.text);
+    }
+    EXPECT_NE((double)0.1f, 0.1);  // what the float flag used to hold
+    TrainConfig c;
+    std::string err;
+    EXPECT_FALSE(parse({"--capacity-factor", "1e30"}, c, err));
+    EXPECT_NE(err.find("--capacity-factor 1e+30 is too large"), std::string::npos) << err;
+    EXPECT_TRUE(parse({"--capacity-factor", "1e30", "--experts", "0"}, c, err)) << err;  // no experts, no capacity
+}
+
+TEST(Config, DoublesAreWrittenAsTheShortestTextThatReadsBack) {
+    EXPECT_EQ(format_double(0.7), "0.7");
+    EXPECT_EQ(format_double(1.25), "1.25");
+    EXPECT_EQ(format_double(20), "20");
+    EXPECT_EQ(format_double(0), "0");
+    EXPECT_EQ(format_double(0.1 + 0.2), "0.30000000000000004");  // 17 digits needed
+    EXPECT_EQ(format_double(1e-40), "1e-40");
+    for (double x : {0.7, 0.1 + 0.2, 1.0 / 3, 2.0 / 3, 1e-300, 123456789.123456789, 4.35, 0.015625, 1e300}) {
+        const std::string text = format_double(x);
+        EXPECT_EQ(strtod(text.c_str(), nullptr), x) << text;
+        for (int precision = 1; precision <= 17; precision++) {  // no %g text that reads back is shorter
+            char other[64];
+            snprintf(other, sizeof other, "%.*g", precision, x);
+            if (strtod(other, nullptr) == x) {
+                EXPECT_LE(text.size(), std::strlen(other)) << text << " vs " << other;
+            }
+        }
+    }
+}
+
+TEST(Config, CapacityFactorRoundTripsThroughMetadata) {
+    for (const char* text : {"0.7", "0.30000000000000004", "1.25", "0"}) {
+        TrainConfig a, b;
+        std::string err;
+        ASSERT_TRUE(parse({"--capacity-factor", text}, a, err)) << err;
+        auto meta = config_to_metadata(a);
+        EXPECT_EQ(meta.at("capacity-factor"), text);
+        ASSERT_TRUE(config_from_metadata(meta, false, b, err)) << err;
+        EXPECT_EQ(std::memcmp(&a.capacity_factor, &b.capacity_factor, sizeof(double)), 0) << text;  // bit for bit
+    }
+}
+
+// Checkpoints written while the flag was a float hold its shortest float text: "1.25", "0.7", and
+// "2e+01" for 20. Each reads back as the double of that text, which is what the trainer of that
+// time built its model with (it rounded the float through the same text).
+TEST(Config, CheckpointMetadataFromTheFloatFlagStillReads) {
+    TrainConfig defaults, c;
+    std::string err;
+    ASSERT_TRUE(parse({}, defaults, err)) << err;
+    struct Case {
+        const char* stored;
+        double value;
+        const char* written_now;
+    };
+    for (const Case& k : {Case{"1.25", 1.25, "1.25"}, Case{"0.7", 0.7, "0.7"}, Case{"2e+01", 20.0, "20"}, Case{"0.5", 0.5, "0.5"}}) {
+        auto meta = config_to_metadata(defaults);
+        meta["capacity-factor"] = k.stored;
+        ASSERT_TRUE(config_from_metadata(meta, false, c, err)) << k.stored << ": " << err;
+        EXPECT_EQ(c.capacity_factor, k.value) << k.stored;
+        EXPECT_EQ(c.capacity_factor, strtod(k.stored, nullptr));
+        EXPECT_EQ(config_to_metadata(c).at("capacity-factor"), k.written_now);
+    }
+}
+
+// The capacity the size checks and the model use: ceil(cf * N * K / E) from the double cf.
+TEST(Config, CapacityComesFromTheDoubleFactor) {
+    TrainConfig c;
+    std::string err;
+    ASSERT_TRUE(parse({"--capacity-factor", "0.1", "--batch", "5", "--block-size", "4", "--experts", "2", "--top-k", "1"}, c, err))
+        << err;
+    EXPECT_EQ(expert_capacity(c, 20), 1);  // 0.1 * 20 * 1 / 2 = 1 exactly in double; 0.1f would give 2
+    EXPECT_EQ(expert_capacity(c, 20), (int)std::ceil(0.1 * 20 * 1 / 2));
+    ASSERT_TRUE(parse({"--capacity-factor", "0.7", "--batch", "2", "--block-size", "8", "--experts", "4", "--top-k", "2"}, c, err))
+        << err;
+    EXPECT_EQ(expert_capacity(c, 16), (int)std::ceil(0.7 * 16 * 2 / 4));
+    EXPECT_EQ(expert_capacity(c, 16), 6);
+}
+
+// ablations/ablate.cpp passes the trainer's defaults for every flag its study does not choose
+// itself; they come from the flag table, not from a second copy.
+TEST(Config, AblationStudyUsesTheTrainersDefaults) {
+    const TrainConfig defaults = default_config(false);
+    Sweep s;
+    EXPECT_EQ(s.data, defaults.data);
+    EXPECT_EQ(s.heads, defaults.heads);
+    EXPECT_EQ(s.block, defaults.block_size);
+    EXPECT_EQ(s.steps, defaults.steps);
+    EXPECT_EQ(s.warmup, defaults.warmup);
+    EXPECT_EQ(s.seed, defaults.seed);
+    EXPECT_EQ(s.experts, defaults.experts);
+    EXPECT_EQ(s.log_every, defaults.log_every);
+    const std::vector<RunSpec> runs = study(s);
+    ASSERT_FALSE(runs.empty());
+    int moe_runs = 0;
+    for (const RunSpec& run : runs) {
+        const auto flags = run_flags(s, run);
+        EXPECT_EQ(flags.at("sample-len"), find_flag("sample-len")->cpu_default) << run.name;
+        if (flags.at("experts") == "0") continue;
+        moe_runs++;
+        for (const std::string& name : moe_default_flags()) {
+            const FlagSpec* f = find_flag(name);
+            ASSERT_NE(f, nullptr) << name;
+            if (!run.flags.count(name)) {
+                EXPECT_EQ(flags.at(name), f->cpu_default) << run.name << " --" << name;
+            }
+        }
+        // every flag the study passes is one the trainer knows, with a value it accepts
+        TrainConfig parsed;
+        std::vector<std::string> args;
+        for (const auto& [k, v] : flags) args.insert(args.end(), {"--" + k, v});
+        std::string err;
+        EXPECT_TRUE(parse(args, parsed, err)) << run.name << ": " << err;
+    }
+    EXPECT_GE(moe_runs, 10);
+    EXPECT_NE(runs[1].label.find("cf " + flag_default("capacity-factor", false) + ", noise, aux " +
+                                 flag_default("aux-coef", false) + ", z " + flag_default("z-coef", false)),
+              std::string::npos)
+        << runs[1].label;
+}
+
+TEST(ConfigDeathTest, FlagDefaultOfAnUnknownFlagAborts) {
+    EXPECT_DEATH(flag_default("no-such-flag", false), "no such flag");
 }
 
 // ================================================================================= data

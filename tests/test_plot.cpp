@@ -1,4 +1,4 @@
-// Tests of plot.h: every plot kind renders to a PNG that decodes (stb_image) with the expected size
+// Tests of run/plot.h: every plot kind renders to a PNG that decodes (stb_image) with the expected size
 // and visible content: many distinct colours, text pixels in the title area, the series colours.
 // The PNGs go to a fresh temporary directory, or to $MOE_PLOT_TEST_DIR when set (to look at them).
 #include <gtest/gtest.h>
@@ -11,7 +11,7 @@
 
 #include <unistd.h>
 
-#include "plot.h"
+#include "run/plot.h"
 #include "tests/png_check.h"
 
 namespace {

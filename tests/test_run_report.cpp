@@ -1,4 +1,4 @@
-// Tests of run_report.h: the plots of a run (every PNG written, decodable, of the expected size and
+// Tests of run/report.h: the plots of a run (every PNG written, decodable, of the expected size and
 // with visible content), the metrics-line JSON (parses with safetensors.h's reader and reads back
 // into a RunHistory), the summary scalars, and the specialisation report of a hand-made routing.
 // PNGs go to a fresh temporary directory, or to $MOE_REPORT_TEST_DIR when set (to look at them).
@@ -13,8 +13,8 @@
 
 #include <unistd.h>
 
-#include "run_files.h"
-#include "run_report.h"
+#include "run/files.h"
+#include "run/report.h"
 #include "tests/png_check.h"
 
 namespace {
@@ -40,7 +40,11 @@ MoeStats fake_stats(int layer, int j, int steps, int N = 1024, int K = 2, int E 
     s.E = E;
     s.C = 64;
     s.ep_ranks = 4;
-    s.capacity = capacity_for(N, E, 1.25, K);
+    ModelConfig routing;
+    routing.experts = E;
+    routing.top_k = K;
+    routing.capacity_factor = 1.25;
+    s.capacity = expert_capacity(routing, N);
     const double skew = layer == 0 ? 0.1 : (double)j / steps;
     std::vector<double> w(E);
     double tot = 0;
