@@ -1,8 +1,10 @@
-// tests/test_diagnostics.cpp: diagnostics.cuh.
+// tests/test_diagnostics.cpp: diagnostics.cuh, and the routing and accounting formulas it reports.
 //
-//  - the worked answers of the MoE exercises (shared/seeds/000_c6457246f32dc9ad.txt) through the
-//    host helpers: capacity, drop rate, aux, entropy, all-to-all, top-2, expert parameter counts;
-//  - whole-model parameter counts against model.cuh's own tensor table;
+//  - worked examples of the formulas: the top-K tie rule (the oracle of tests/moe_formulas.h and
+//    reference_model.h's routing), capacity (model_config.h), drop rate, aux loss, entropy, FFN and
+//    active parameter counts, the ranks of experts and tokens;
+//  - whole-model parameter counts: a closed form (tests/moe_formulas.h) against model_config.h's
+//    tensor table and active_parameters;
 //  - the device statistics against tests/reference_diagnostics.h on random routings over a grid of
 //    (N, E, K, F, C, R): integer counts exact, floats to 1e-6; bit-identical on a second run and with
 //    2 worker threads; a real moe_forward's own counts, aux and z come through unchanged;
@@ -16,7 +18,9 @@
 #include <vector>
 
 #include "diagnostics.cuh"
-#include "model.cuh"
+#include "model_config.h"
+#include "reference_model.h"
+#include "tests/moe_formulas.h"
 #include "tests/reference_diagnostics.h"
 
 namespace {
@@ -123,50 +127,78 @@ MoeStats device_stats(const RandomRouting& r, float aux, float z, bool with_grad
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------
-// The worked answers of the exercises
+// Routing and accounting formulas: worked examples
 
-TEST(DiagnosticsSeed, Exercise1TopTwoTiesGoToTheLowerIndex) {
+namespace {
+ModelConfig routing_config(int E, int K, double capacity_factor) {
+    ModelConfig c;
+    c.experts = E;
+    c.top_k = K;
+    c.capacity_factor = capacity_factor;
+    return c;
+}
+}  // namespace
+
+TEST(MoeFormulas, TopTwoTiesGoToTheLowerIndex) {
     std::vector<int> top2 = top_k({0.10, 0.40, 0.25, 0.25}, 2);
     ASSERT_EQ(top2.size(), 2u);
     EXPECT_EQ(top2[0], 1);
-    EXPECT_EQ(top2[1], 2);  // 0.25 twice: expert 2 before expert 3 (MODEL_SPEC 4)
+    EXPECT_EQ(top2[1], 2);  // 0.25 twice: expert 2 before expert 3 (docs/model.md, 12)
+    // reference_model.h routes a token with these probabilities (logits ln p) the same way
+    const double p[4] = {0.10, 0.40, 0.25, 0.25};
+    float logits[4], probs[4], gates[2], lse = 0;
+    int topk[2];
+    for (int i = 0; i < 4; i++) logits[i] = (float)std::log(p[i]);
+    ref_moe_route_token(probs, gates, topk, &lse, logits, (const float*)nullptr, (const float*)nullptr, 4, 2, 0);
+    EXPECT_EQ(probs[2], probs[3]);  // a true tie
+    EXPECT_EQ(topk[0], 1);
+    EXPECT_EQ(topk[1], 2);
+    EXPECT_NEAR(gates[0], 0.40 / 0.65, 1e-6);
+    EXPECT_NEAR(gates[1], 0.25 / 0.65, 1e-6);
 }
 
-TEST(DiagnosticsSeed, Exercises2And3ExpertParameterCounts) {
-    EXPECT_EQ(expert_params_total(1024, 4096, 8), 67108864LL);
-    EXPECT_EQ(expert_params_active(1024, 4096, 2), 16777216LL);
+TEST(MoeFormulas, ExpertParameterCounts) {
+    // one expert, an FFN 1024 -> 4096 -> 1024: two 1024 x 4096 matrices and biases of 4096 and 1024
+    EXPECT_EQ(ffn_parameters(1024, 4096), 8388608u + 5120u);
+    // 8 such experts (weights: 67,108,864), 2 per token (16,777,216): a token skips 6 in each layer
+    ModelConfig c = routing_config(8, 2, 1.25);
+    c.layers = 3;
+    c.dim = 1024;
+    c.expert_hidden = 4096;
+    const size_t total = 500000000;
+    EXPECT_EQ(active_parameters(c, total), total - 3 * 6 * (8388608u + 5120u));
+    c.top_k = 8;
+    EXPECT_EQ(active_parameters(c, total), total);  // every expert visited
+    c.experts = 0;
+    EXPECT_EQ(active_parameters(c, 12345), 12345u);  // dense: every parameter is active
 }
 
-TEST(DiagnosticsSeed, Exercise4Capacity) {
-    EXPECT_EQ(capacity_for(100, 8, 1.25), 16);
-    EXPECT_EQ(capacity_for(100, 8, 1.25, 2), 32);
-    EXPECT_EQ(capacity_for(100, 8, 0.0), 100);   // no limit
-    EXPECT_EQ(capacity_for(64, 8, 1.0, 2), 16);  // exact: no spurious round-up
+TEST(MoeFormulas, Capacity) {
+    EXPECT_EQ(expert_capacity(routing_config(8, 1, 1.25), 100), 16);   // ceil(12.5)
+    EXPECT_EQ(expert_capacity(routing_config(8, 2, 1.25), 100), 32);   // ceil(31.25)
+    EXPECT_EQ(expert_capacity(routing_config(8, 1, 0.0), 100), 100);   // no limit
+    EXPECT_EQ(expert_capacity(routing_config(8, 2, 1.0), 64), 16);     // exact: no spurious round-up
+    EXPECT_EQ(expert_capacity(routing_config(8, 2, 1.25), 768), 240);  // the default run (docs/model.md, 14)
+    // a token uses an expert at most once: never more buffer rows than tokens
+    EXPECT_EQ(expert_capacity(routing_config(2, 2, 2.0), 10), 20);
+    EXPECT_EQ(expert_buffer_rows(routing_config(2, 2, 2.0), 10), 10);
+    EXPECT_EQ(expert_buffer_rows(routing_config(8, 2, 1.25), 100), 32);
 }
 
-TEST(DiagnosticsSeed, Exercise5DropRate) {
-    EXPECT_NEAR(drop_rate_from_loads({20, 10, 15, 5}, 12), 0.22, 1e-12);
+TEST(MoeFormulas, DropRate) {
+    EXPECT_NEAR(drop_rate_from_loads({20, 10, 15, 5}, 12), 0.22, 1e-12);  // (8 + 0 + 3 + 0) / 50
     EXPECT_EQ(drop_rate_from_loads({}, 12), 0.0);
 }
 
-TEST(DiagnosticsSeed, Exercise6AuxLoss) {
+TEST(MoeFormulas, AuxLoss) {
     EXPECT_NEAR(aux_loss({0.5, 0.25, 0.25, 0.0}, {0.4, 0.3, 0.2, 0.1}), 1.3, 1e-12);
     EXPECT_NEAR(aux_loss({0.25, 0.25, 0.25, 0.25}, {0.25, 0.25, 0.25, 0.25}), 1.0, 1e-12);  // uniform
 }
 
-TEST(DiagnosticsSeed, Exercise7Entropy) {
+TEST(MoeFormulas, Entropy) {
     EXPECT_NEAR(entropy({0.7, 0.1, 0.1, 0.1}), 0.9404, 1e-4);
     EXPECT_NEAR(entropy({0.25, 0.25, 0.25, 0.25}), std::log(4.0), 1e-12);
     EXPECT_EQ(entropy({1.0, 0.0}), 0.0);
-}
-
-TEST(DiagnosticsSeed, Exercise8AllToAll) {
-    EXPECT_EQ(cross_rank_tokens({0, 0, 1, 1}, {0, 1, 1, 0}, {0, 1, 2, 3}), 2);
-    // MODEL_SPEC placement: 4 experts on 2 ranks (0,0,1,1), 4 tokens start on ranks 0,0,1,1
-    EXPECT_EQ(expert_rank_of(1, 4, 2), 0);
-    EXPECT_EQ(expert_rank_of(2, 4, 2), 1);
-    EXPECT_EQ(token_rank_of(1, 4, 2), 0);
-    EXPECT_EQ(token_rank_of(3, 4, 2), 1);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -193,11 +225,11 @@ TEST(DiagnosticsParams, MatchTheModelsTensorTable) {
         for (const ParamTensor& t : model_parameter_table(mc)) total += t.numel;
         ParamCounts p = model_param_counts(67, 48, 3, 64, c.F, c.E, c.K, c.S, c.Fs);
         EXPECT_EQ(p.total, (long long)total) << "E=" << c.E;
-        EXPECT_EQ(p.active, (long long)model_active_parameters(mc, total)) << "E=" << c.E;
+        EXPECT_EQ(p.active, (long long)active_parameters(mc, total)) << "E=" << c.E;
         if (c.E == 0) {
             EXPECT_EQ(p.active, p.total);
         } else {
-            EXPECT_GT(p.ratio(), 1.0);
+            EXPECT_LT(p.active, p.total);
         }
     }
     // by hand: a dense one-layer model V=2, block 1, C=1, F=1:
@@ -279,6 +311,22 @@ TEST_F(Diagnostics, NoGradientsAndNoLosses) {
     CUDA_CHECK(cudaFree(d_kept));
 }
 
+// Expert e lives on rank floor(e*R/E), token t starts on rank floor(t*R/N) (docs/model.md, 26).
+// 4 experts on 2 ranks (0, 0, 1, 1); 4 tokens starting on ranks 0, 0, 1, 1, picking experts 1, 2, 2, 0:
+// tokens 1 (rank 0 -> expert 2 on rank 1) and 3 (rank 1 -> expert 0 on rank 0) cross.
+TEST_F(Diagnostics, CrossRankChoicesOfAHandRouting) {
+    RandomRouting r(4, 4, 1, 3, 2, 2, 11);
+    r.topk = {1, 2, 2, 0};
+    r.kept = {1, 1, 1, 1};
+    MoeStats s = device_stats(r, 0.0f, 0.0f, false);
+    EXPECT_EQ(s.cross_rank_choices, 2);
+    EXPECT_EQ(s.cross_rank_bytes, 2.0 * 4 * 3 * 2);  // out and back, C = 3 floats each
+    r.kept = {1, 0, 1, 1};  // a dropped choice does not travel
+    EXPECT_EQ(device_stats(r, 0.0f, 0.0f, false).cross_rank_choices, 1);
+    r.R = 1;  // one rank: nothing crosses
+    EXPECT_EQ(device_stats(r, 0.0f, 0.0f, false).cross_rank_choices, 0);
+}
+
 TEST_F(Diagnostics, DeterministicAcrossRunsAndWorkerThreads) {
     RandomRouting r(777, 8, 2, 12, 20, 4, 7);
     std::vector<unsigned char> a, b, c;
@@ -311,17 +359,13 @@ TEST_F(Diagnostics, OneDeviceToHostCopyPerRead) {
 
 // The statistics of a real layer: its own counts, aux and z come through unchanged.
 TEST_F(Diagnostics, AgreeWithTheLayersOwnCounts) {
-    MoeConfig cfg{};
-    cfg.N = 96;
-    cfg.C = 16;
-    cfg.E = 8;
-    cfg.K = 2;
-    cfg.F = 24;
-    cfg.S = 0;
-    cfg.Fs = 0;
+    ModelConfig cfg;
+    cfg.dim = 16;
+    cfg.experts = 8;
+    cfg.top_k = 2;
+    cfg.expert_hidden = 24;
     cfg.capacity_factor = 0.75;  // some drops
-    cfg.noise = false;
-    moe_config_finalize(cfg);
+    const int N = 96, C = cfg.dim, E = cfg.experts, K = cfg.top_k, F = cfg.expert_hidden;
     std::mt19937 rng(3);
     std::normal_distribution<float> normal(0.0f, 1.0f);
     auto rand_vec = [&](size_t n, float s) {
@@ -330,61 +374,64 @@ TEST_F(Diagnostics, AgreeWithTheLayersOwnCounts) {
         return v;
     };
     MoeWeights w{}, g{};
-    w.router = dupload(rand_vec((size_t)cfg.E * cfg.C, 1.0f));
-    w.noise = dupload(rand_vec((size_t)cfg.E * cfg.C, 0.0f));
-    w.fc_w = dupload(rand_vec((size_t)cfg.E * cfg.F * cfg.C, 0.1f));
-    w.fc_b = dupload(rand_vec((size_t)cfg.E * cfg.F, 0.1f));
-    w.proj_w = dupload(rand_vec((size_t)cfg.E * cfg.C * cfg.F, 0.1f));
-    w.proj_b = dupload(rand_vec((size_t)cfg.E * cfg.C, 0.1f));
-    std::vector<float> hg = rand_vec((size_t)cfg.E * cfg.F * cfg.C, 0.01f);
-    g.fc_w = dupload(hg);
-    g.fc_b = dupload(rand_vec((size_t)cfg.E * cfg.F, 0.01f));
-    g.proj_w = dupload(rand_vec((size_t)cfg.E * cfg.C * cfg.F, 0.01f));
-    g.proj_b = dupload(rand_vec((size_t)cfg.E * cfg.C, 0.01f));
-    float* u = dupload(rand_vec((size_t)cfg.N * cfg.C, 1.0f));
-    float* out = dalloc<float>((size_t)cfg.N * cfg.C);
-    float* act_f = dalloc<float>(moe_activation_floats(cfg));
-    int* act_i = dalloc<int>(moe_activation_ints(cfg));
+    w.router = dupload(rand_vec((size_t)E * C, 1.0f));
+    w.noise = dupload(rand_vec((size_t)E * C, 0.0f));
+    w.experts.fc_w = dupload(rand_vec((size_t)E * F * C, 0.1f));
+    w.experts.fc_b = dupload(rand_vec((size_t)E * F, 0.1f));
+    w.experts.proj_w = dupload(rand_vec((size_t)E * C * F, 0.1f));
+    w.experts.proj_b = dupload(rand_vec((size_t)E * C, 0.1f));
+    std::vector<float> hg = rand_vec((size_t)E * F * C, 0.01f);
+    g.experts.fc_w = dupload(hg);
+    g.experts.fc_b = dupload(rand_vec((size_t)E * F, 0.01f));
+    g.experts.proj_w = dupload(rand_vec((size_t)E * C * F, 0.01f));
+    g.experts.proj_b = dupload(rand_vec((size_t)E * C, 0.01f));
+    float* u = dupload(rand_vec((size_t)N * C, 1.0f));
+    float* out = dalloc<float>((size_t)N * C);
+    float* act_f = dalloc<float>(moe_activation_floats(cfg, N));
+    int* act_i = dalloc<int>(moe_activation_ints(cfg, N));
     MoeActivations acts{};
-    moe_activation_views(acts, act_f, act_i, cfg);
-    moe_forward(out, acts, w, u, cfg, false);
+    moe_activation_views(acts, act_f, act_i, cfg, N);
+    moe_forward(out, acts, w, u, cfg, N, nullptr, 0);
 
-    MoeStatsBuffer buf = moe_stats_alloc(cfg.E);
-    moe_stats_compute(buf, acts, g, cfg, 2);
-    MoeStats s = moe_stats_read(buf, cfg, 2);
-    std::vector<int> routed = download(acts.tokens_per_expert_routed, cfg.E);
-    std::vector<int> kept_count = download(acts.tokens_per_expert_kept, cfg.E);
+    MoeStatsBuffer buf = moe_stats_alloc(E);
+    moe_stats_compute(buf, acts, g, cfg, N, 2);
+    MoeStats s = moe_stats_read(buf, cfg, N, 2);
+    std::vector<int> routed = download(acts.tokens_per_expert_routed, E);
+    std::vector<int> kept_count = download(acts.tokens_per_expert_kept, E);
     EXPECT_EQ(s.tokens_routed, routed);
     EXPECT_EQ(s.tokens_kept, kept_count);
-    EXPECT_EQ(s.capacity, capacity_for(cfg.N, cfg.E, cfg.capacity_factor, cfg.K));
+    EXPECT_EQ(s.capacity, expert_capacity(cfg, N));
+    EXPECT_EQ(s.capacity, 18);  // ceil(0.75 * 96 * 2 / 8)
     EXPECT_EQ((float)s.aux, download(acts.aux, 1)[0]);
     EXPECT_EQ((float)s.z, download(acts.z, 1)[0]);
     long over = 0;
-    for (int e = 0; e < cfg.E; e++) over += std::max(0, routed[e] - s.capacity);
+    for (int e = 0; e < E; e++) over += std::max(0, routed[e] - s.capacity);
     EXPECT_GT(over, 0);
     EXPECT_EQ(s.dropped_choices, over);  // the layer drops exactly what does not fit
     std::vector<int> loads(routed.begin(), routed.end());
     EXPECT_NEAR(s.drop_rate, drop_rate_from_loads(loads, s.capacity), 1e-12);
-    std::vector<float> probs = download(acts.probs, (size_t)cfg.N * cfg.E);
+    std::vector<float> probs = download(acts.probs, (size_t)N * E);
     std::vector<int> topk, kept;
-    moe_copy_routing(topk, kept, acts, cfg);
-    RefMoeStats want = ref_moe_stats(probs, topk, kept, {}, {}, {}, {}, cfg.N, cfg.E, cfg.K, cfg.C, cfg.F, 2);
+    moe_copy_routing(topk, kept, acts, cfg, N);
+    EXPECT_EQ(topk, download(acts.topk_idx, (size_t)N * K));
+    EXPECT_EQ(kept, download(acts.kept, (size_t)N * K));
+    RefMoeStats want = ref_moe_stats(probs, topk, kept, {}, {}, {}, {}, N, E, K, C, F, 2);
     EXPECT_NEAR(s.router_entropy, want.router_entropy, 1e-6);
     EXPECT_EQ(s.cross_rank_choices, want.cross_rank_choices);
-    ASSERT_EQ(s.expert_grad_norm.size(), (size_t)cfg.E);
+    ASSERT_EQ(s.expert_grad_norm.size(), (size_t)E);
     double sq0 = 0;
-    for (int i = 0; i < cfg.F * cfg.C; i++) sq0 += (double)hg[i] * hg[i];
+    for (int i = 0; i < F * C; i++) sq0 += (double)hg[i] * hg[i];
     EXPECT_GT(s.expert_grad_norm[0], std::sqrt(sq0));  // plus the other three tensors
-    // aux from the exercise formula on the layer's own f and P
-    std::vector<double> f(cfg.E), P(cfg.E, 0.0);
-    for (int e = 0; e < cfg.E; e++) f[e] = routed[e] / (double)(cfg.N * cfg.K);
-    for (int t = 0; t < cfg.N; t++)
-        for (int e = 0; e < cfg.E; e++) P[e] += probs[(size_t)t * cfg.E + e] / cfg.N;
+    // aux from its definition on the layer's own f and P
+    std::vector<double> f(E), P(E, 0.0);
+    for (int e = 0; e < E; e++) f[e] = routed[e] / (double)(N * K);
+    for (int t = 0; t < N; t++)
+        for (int e = 0; e < E; e++) P[e] += probs[(size_t)t * E + e] / N;
     EXPECT_NEAR(s.aux, aux_loss(f, P), 1e-5);
 
     moe_stats_free(buf);
-    for (float* p : {w.router, w.noise, w.fc_w, w.fc_b, w.proj_w, w.proj_b, g.fc_w, g.fc_b, g.proj_w, g.proj_b, u, out,
-                     act_f})
+    for (float* p : {w.router, w.noise, w.experts.fc_w, w.experts.fc_b, w.experts.proj_w, w.experts.proj_b,
+                     g.experts.fc_w, g.experts.fc_b, g.experts.proj_w, g.experts.proj_b, u, out, act_f})
         CUDA_CHECK(cudaFree(p));
     CUDA_CHECK(cudaFree(act_i));
 }
