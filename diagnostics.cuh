@@ -372,11 +372,12 @@ inline void moe_stats_compute_raw(MoeStatsBuffer& buf,
 }
 
 // The statistics of one MoE layer after its forward (and, for the gradient norms, its backward)
-// pass. grads.fc_w == nullptr: no gradient norms (e.g. an evaluation step).
+// pass. grads.experts.fc_w == nullptr: no gradient norms (e.g. an evaluation step).
 inline void moe_stats_compute(MoeStatsBuffer& buf, const MoeActivations& acts, const MoeWeights& grads,
-                              const MoeConfig& cfg, int ep_ranks) {
-    moe_stats_compute_raw(buf, acts.probs, acts.topk_idx, acts.kept, acts.aux, acts.z, grads.fc_w, grads.fc_b,
-                          grads.proj_w, grads.proj_b, cfg.N, cfg.E, cfg.K, cfg.C, cfg.F, ep_ranks);
+                              const ModelConfig& cfg, int N, int ep_ranks) {
+    const ExpertWeights& g = grads.experts;
+    moe_stats_compute_raw(buf, acts.probs, acts.topk_idx, acts.kept, acts.aux, acts.z, g.fc_w, g.fc_b, g.proj_w,
+                          g.proj_b, N, cfg.experts, cfg.top_k, cfg.dim, cfg.expert_hidden, ep_ranks);
 }
 
 // Everything the host derives from the copied header (no device access).
