@@ -5,7 +5,8 @@
 // logits = LN_f(x) wte^T;  loss = CE + aux_coef * sum aux + z_coef * sum z
 //
 // Memory follows llm.c: parameters, gradients, AdamW moments and activations each live in one
-// device allocation; every tensor is a named view into it. The tensor names are MODEL_SPEC.md's.
+// device allocation; every tensor is a named view into it. The tensor names are those of
+// docs/model.md, section 28.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -74,7 +75,7 @@ struct BlockActivations {
 struct Model {
     ModelConfig cfg;
     int B = 0, T = 0;                       // allocated batch and sequence length
-    std::vector<ParamTensor> tensors;       // every parameter, MODEL_SPEC names, fixed order
+    std::vector<ParamTensor> tensors;       // every parameter (docs/model.md names), fixed order
     size_t num_parameters = 0;
     float* params = nullptr;                // (num_parameters)
     float* grads = nullptr;                 // (num_parameters)

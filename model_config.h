@@ -63,7 +63,7 @@ inline size_t active_parameters(const ModelConfig& c, size_t total) {
 
 // A named view of one parameter tensor (and, at the same offset, its gradient and moments).
 struct ParamTensor {
-    std::string name;          // MODEL_SPEC name, e.g. "h.0.attn.c_attn.weight"
+    std::string name;          // e.g. "h.0.attn.c_attn.weight" (docs/model.md, section 28)
     std::vector<int> shape;
     size_t offset = 0;         // in floats, into every parameter-shaped allocation
     size_t numel = 0;

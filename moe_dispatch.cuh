@@ -1,5 +1,4 @@
-// moe_dispatch.cuh: moving tokens to their experts and back (docs/model.md, "Capacity", "Dispatch"
-// and "Combine"):
+// moe_dispatch.cuh: moving tokens to their experts and back (docs/model.md, sections 14, 15 and 18):
 //
 //   capacity:  which choices get a row (a slot) in their expert's buffer, and which are dropped
 //   dispatch:  x_e[slot] = u_t                       (gather the tokens into the expert buffers)

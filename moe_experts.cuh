@@ -1,5 +1,5 @@
-// moe_experts.cuh: the experts themselves. Every expert is an ordinary FFN (docs/model.md, "Expert
-// FFN"):
+// moe_experts.cuh: the experts themselves. Every expert is an ordinary FFN (docs/model.md, sections
+// 16 and 17):
 //
 //   y = GELU(x W1^T + b1) W2^T + b2          W1 (H, C), b1 (H), W2 (C, H), b2 (C)
 //

@@ -1,4 +1,4 @@
-// moe_layer.cuh: the Mixture-of-Experts FFN, forward and backward (docs/model.md, sections 5-9).
+// moe_layer.cuh: the Mixture-of-Experts FFN, forward and backward (docs/model.md, sections 8-22).
 //
 // The forward pass of one layer, read top to bottom:
 //

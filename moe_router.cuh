@@ -1,5 +1,5 @@
 // moe_router.cuh: the router: which experts a token goes to, with what weights, and the two losses
-// that keep it healthy (docs/model.md, "Router", "Noisy top-k gating", "Auxiliary losses").
+// that keep it healthy (docs/model.md, sections 9-13 and 19-21).
 //
 //   r_t = W_r u_t                                  router logits (N,E)
 //   h_t = r_t + eps_t * softplus(W_n u_t)          noisy logits, training only (else h = r)
