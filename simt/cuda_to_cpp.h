@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -223,6 +224,9 @@ inline Result rewrite(std::string_view src, std::string_view path) {
     // Function-like macro parameters of the directive being read (for #kernel in a #define).
     std::vector<std::string_view> macro_params;
     int macro_params_line = -1;
+
+    // extern __shared__ arrays seen so far: name -> (type, line)
+    std::map<std::string, std::pair<std::string, int>> shared_types;
 
     // Brace scopes outside directives: true for a namespace (or extern "C") body.
     std::vector<bool> namespace_scope;
@@ -436,6 +440,16 @@ inline Result rewrite(std::string_view src, std::string_view path) {
             if (!t[k].directive && (namespace_scope.empty() || namespace_scope.back())) {
                 error(k, "cuda_to_cpp: extern __shared__ outside a function: the CPU build supports it inside a kernel "
                          "(or a __device__ function) only");
+                k = semicolon;
+                continue;
+            }
+            // nvcc gives every extern __shared__ array of a translation unit external linkage: one
+            // name with two types is an error there, so it is one here too (within this file)
+            const auto [seen, first] = shared_types.try_emplace(std::string(text(name)), type, t[k].line);
+            if (!first && seen->second.first != type) {
+                error(k, "cuda_to_cpp: extern __shared__ '" + seen->first + "' was declared as " + seen->second.first +
+                             " on line " + std::to_string(seen->second.second) + " and as " + type +
+                             " here; nvcc rejects two types for one name, so give each its own name");
                 k = semicolon;
                 continue;
             }

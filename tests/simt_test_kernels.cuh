@@ -192,11 +192,11 @@ __global__ void simt_copy_kernel(float* out, const float* in, int n) {
     if (i < n) out[i] = in[i];
 }
 __global__ void simt_read_dynamic_shared_kernel(unsigned* out, int n) {
-    extern __shared__ unsigned s[];
-    for (int i = threadIdx.x; i < n; i += blockDim.x) out[blockIdx.x * n + i] = s[i];
+    extern __shared__ unsigned words[];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) out[blockIdx.x * n + i] = words[i];
     __syncthreads();
-    extern __shared__ unsigned w[];
-    for (int i = threadIdx.x; i < n; i += blockDim.x) w[i] = 0;  // the next block must see 0xFF again
+    extern __shared__ unsigned same_words[];  // a second name for the same memory, as in CUDA
+    for (int i = threadIdx.x; i < n; i += blockDim.x) same_words[i] = 0;  // the next block must see 0xFF again
 }
 
 // Uses `bytes` of dynamic shared memory (more than 48 KiB needs the opt-in).
@@ -218,12 +218,15 @@ __global__ void simt_shift_kernel(float* out, const float* in, int n) {
     if (i < n) out[i] = i > 0 ? s[i - 1] : 0.0f;
 }
 
-// out[r, c] = kFactor * in[r, cols-1-c]: a template kernel that stages its row in an aligned dynamic
-// shared array of T, launched with a configuration of four arguments spread over several lines
-// (the forms the CPU build's source rewrite must take apart, see simt/cuda_to_cpp.h).
+// out[r, c] = kFactor * in[r, cols-1-c]: a template kernel that stages its row in dynamic shared
+// memory, launched with a configuration of four arguments spread over several lines (the forms the
+// CPU build's source rewrite must take apart, see simt/cuda_to_cpp.h). An extern __shared__ array
+// has one type per translation unit under nvcc, so a template declares aligned bytes and views
+// them as T (the usual CUDA idiom).
 template <typename T, int kFactor>
 __global__ void simt_reverse_scale_kernel(T* out, const T* in, int cols) {
-    extern __shared__ __align__(16) T staged[];  // (cols)
+    extern __shared__ __align__(16) unsigned char staged_bytes[];
+    T* staged = reinterpret_cast<T*>(staged_bytes);  // (cols)
     const T* x = in + (long)blockIdx.x * cols;
     for (int c = threadIdx.x; c < cols; c += blockDim.x) staged[c] = x[c];
     __syncthreads();

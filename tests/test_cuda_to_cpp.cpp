@@ -82,6 +82,10 @@ TEST(CudaToCpp, ExternSharedBecomesAPointerToTheDynamicSharedMemory) {
               "void k() {\n    unsigned char* raw = ::simt::dynamic_shared<unsigned char, 16>();\n}");
     EXPECT_EQ(rewrite_ok("void k() { extern __shared__ alignas(8) T values [ ] ; }"),
               "void k() { T* values = ::simt::dynamic_shared<T, 8>(); }");
+    // one name, one type, in two kernels (nvcc links them to the same symbol): fine
+    EXPECT_EQ(rewrite_ok("void a() { extern __shared__ float p[]; }\nvoid b() { extern __shared__ float p[]; }"),
+              "void a() { float* p = ::simt::dynamic_shared<float>(); }\n"
+              "void b() { float* p = ::simt::dynamic_shared<float>(); }");
     // a declaration over two lines keeps its line break (after the statement)
     const std::string out = rewrite_ok("void k() {\n    extern __shared__\n        double red[];\n    use(red);\n}\n");
     EXPECT_EQ(out, "void k() {\n    double* red = ::simt::dynamic_shared<double>();\n\n    use(red);\n}\n");
@@ -143,6 +147,7 @@ TEST(CudaToCpp, LaunchFormsItDoesNotUnderstandAreErrors) {
         {"void f() {\n  extern __shared__ float fixed[32];\n}", 2, "have no size"},
         {"void f() { extern __shared__ float a[], b[]; }", 1, "declares one array"},
         {"void f() { extern __shared__ float* p; }", 1, "not understood"},
+        {"void a() { extern __shared__ float x[]; }\nvoid b() { extern __shared__ int x[]; }", 2, "nvcc rejects two types"},
         {"extern __shared__ float file_scope[];", 1, "outside a function"},
         {"namespace n {\nextern __shared__ float in_namespace[];\n}", 2, "outside a function"},
         {"int a;\n/* never closed", 2, "unterminated /* comment"},
