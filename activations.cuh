@@ -10,14 +10,15 @@
 #pragma once
 #include "common.cuh"
 
-// GELU, tanh form:  GELU(x) = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3).
-// Computed through the identity 0.5 (1 + tanh u) = 1 / (1 + exp(-2u)) =: s, so GELU(x) = x s with one
+// GELU, tanh form (docs/model.md section 5):
+//   GELU(x) = 0.5 x (1 + tanh(a)),  a = sqrt(2/pi) (x + 0.044715 x^3).
+// Computed through the identity 0.5 (1 + tanh a) = 1 / (1 + exp(-2a)) =: s, so GELU(x) = x s with one
 // expf (for x -> -inf it gives -0). Its derivative, from the same s:
-//   GELU'(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx = s + 2 x s (1 - s) du/dx,
-//   du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)          (0.5 (1 - tanh^2 u) = 2 s (1 - s))
+//   GELU'(x) = 0.5 (1 + tanh a) + 0.5 x (1 - tanh^2 a) da/dx = s + 2 x s (1 - s) da/dx,
+//   da/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)          (0.5 (1 - tanh^2 a) = 2 s (1 - s))
 #define GELU_SCALING_FACTOR 0.7978845608028654f  // sqrt(2/pi)
 
-__device__ inline float gelu_sigmoid(float x) {  // s = 0.5 (1 + tanh u)
+__device__ inline float gelu_sigmoid(float x) {  // s = 0.5 (1 + tanh a)
     const float a = GELU_SCALING_FACTOR * (x + 0.044715f * x * x * x);
     return 1.0f / (1.0f + expf(-2.0f * a));
 }

@@ -1,4 +1,4 @@
-// attention.cuh: causal multi-head self-attention (MODEL_SPEC forward step 2), llm.c style.
+// attention.cuh: causal multi-head self-attention (docs/model.md section 4), llm.c style.
 //
 // qkv (B,T,3C) is the c_attn output: q, k, v are its three C-wide thirds, head h uses columns
 // h*hs .. (h+1)*hs-1 of each (hs = C/NH). Per head, with scale = 1/sqrt(hs):

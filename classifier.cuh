@@ -1,4 +1,4 @@
-// classifier.cuh: the loss head (MODEL_SPEC forward steps 3-4). The logits themselves are a
+// classifier.cuh: the loss head (docs/model.md section 7). The logits themselves are a
 // matmul (lnf(x) wte^T, weights tied); here: fused softmax + cross-entropy with its gradient,
 // and the mean of the per-position losses.
 #pragma once

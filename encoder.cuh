@@ -1,4 +1,4 @@
-// encoder.cuh: the embedding layer, MODEL_SPEC forward step 1: x = wte[idx] + wpe[t].
+// encoder.cuh: the embedding layer (docs/model.md section 2): x = wte[idx] + wpe[t].
 //
 // Forward is a gather; backward is a scatter-add, done without float atomics: every gradient row
 // is summed by one owner in a fixed order, so the result does not depend on scheduling.

@@ -1,5 +1,5 @@
-// layernorm.cuh: LayerNorm over the last dimension C (MODEL_SPEC: biased variance, eps = 1e-5,
-// weight and bias), forward and backward.
+// layernorm.cuh: LayerNorm over the last dimension C (docs/model.md section 3: biased variance,
+// eps = 1e-5, weight and bias), forward and backward.
 //
 // Both row kernels give each row a group of `lanes` = threads_per_row(C) consecutive threads
 // (common.cuh: 4, 8, 16 or 32, ~32 columns per lane; a full warp from C = 513 up), so a warp
