@@ -3,7 +3,7 @@
 // A run directory (--out, default runs/<YYYYmmdd-HHMMSS>) holds:
 //   metrics.jsonl       one JSON object per logged step, one per line, flushed as written
 //   samples.txt         generated text, a "--- step N ---" header before each sample
-//   model.safetensors   the weights (MODEL_SPEC.md names); metadata = the configuration by flag
+//   model.safetensors   the weights (docs/model.md, 28. Tensor names); metadata = the configuration by flag
 //                       name, "vocab", and "step" (optimizer steps completed)
 //   state.safetensors   everything else a resumed run needs, beside the model (see below)
 //   summary.json        written at the end of the run

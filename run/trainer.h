@@ -149,8 +149,8 @@ inline std::string generate(Model& m, const std::string& vocab, Rng& rng, int le
 
 // ------------------------------------------------------------------------------------ state dump
 
-// --dump-state (docs: "State dump"): one forward + backward on the first training batch with the
-// initial weights; every weight and gradient, the batch, the logits, the losses and the routing.
+// --dump-state (docs/model.md, 30. State dump): one forward + backward on the first training batch
+// with the initial weights; every weight and gradient, the batch, the logits, the losses, the routing.
 inline void dump_state(Model& m, const TrainConfig& cfg, const TextData& data, const std::string& path) {
     const int B = cfg.batch, T = cfg.block_size, N = B * T, V = m.cfg.vocab_size;
     DataLoader dl;
