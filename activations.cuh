@@ -64,7 +64,7 @@ inline void gelu_forward(float* out,        // (n)
                          long n) {
     if (n <= 0) return;
     gelu_forward_kernel<<<ceil_div(n, 32L * 128), 128>>>(out, inp, n);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 inline void gelu_backward(float* dinp,        // (n) overwritten
@@ -73,7 +73,7 @@ inline void gelu_backward(float* dinp,        // (n) overwritten
                           long n) {
     if (n <= 0) return;
     gelu_backward_kernel<<<ceil_div(n, 32L * 128), 128>>>(dinp, inp, dout, n);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 inline void residual_forward(float* out,      // (n), may alias a
@@ -82,7 +82,7 @@ inline void residual_forward(float* out,      // (n), may alias a
                              long n) {
     if (n <= 0) return;
     residual_forward_kernel<<<ceil_div(n, 32L * 128), 128>>>(out, a, b, n);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 inline void add_inplace(float* acc,      // (n) +=
@@ -90,5 +90,5 @@ inline void add_inplace(float* acc,      // (n) +=
                         long n) {
     if (n <= 0) return;
     add_inplace_kernel<<<ceil_div(n, 32L * 128), 128>>>(acc, x, n);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }

@@ -110,7 +110,7 @@ inline void attention_forward(float* out,        // (B,T,C)
     const float one = 1.0f, zero = 0.0f;
 
     attention_permute_kernel<<<ceil_div((long)B * T, 32), 128>>>(qkvr, qkv, B, T, C, NH);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 
     // preatt = q k^T: column-major (Tk,Tq) = k (Tk,hs) . q^T (hs,Tq), i.e. row-major (Tq,Tk)
     CUBLAS_CHECK(cublasSgemmStridedBatched(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, T, T, hs,
@@ -118,7 +118,7 @@ inline void attention_forward(float* out,        // (B,T,C)
 
     const int rows = B * NH * T, lanes = threads_per_row(T);
     attention_softmax_kernel<<<ceil_div((long)rows * lanes, 128), 128>>>(att, rows, T, 1.0f / sqrtf((float)hs), lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 
     // y = att v per sequence: column-major (hs,Tq) = v^T (hs,Tk) . att^T (Tk,Tq), written into out
     // at column h*hs with leading dimension C (the unpermute is folded into the output layout)
@@ -163,7 +163,7 @@ inline void attention_backward(float* dqkv,         // (B,T,3C) overwritten
     const int rows = B * NH * T, lanes = threads_per_row(T);
     attention_softmax_backward_kernel<<<ceil_div((long)rows * lanes, 128), 128>>>(datt, att, rows, T,
                                                                                   1.0f / sqrtf((float)hs), lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 
     for (int b = 0; b < B; b++) {
         const float* dpre_b = datt + (long)b * NH * T * T;

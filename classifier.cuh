@@ -67,12 +67,12 @@ inline void crossentropy_forward_backward(float* losses,        // (N)
     const int lanes = threads_per_row(V);
     crossentropy_forward_backward_kernel<<<ceil_div((long)N * lanes, 128), 128>>>(losses, dlogits, logits, targets,
                                                                                   N, V, dloss, lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 inline void mean_forward(float* out,      // (1)
                          const float* x,  // (n)
                          int n) {
     mean_forward_kernel<<<1, 32>>>(out, x, n);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }

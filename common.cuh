@@ -18,7 +18,9 @@
 #include <cstdlib>
 #include "simt/cuda.h"
 
-// A CUDA call that fails stops the program with the call's file and line.
+// A CUDA call that fails stops the program with the call's file and line. After a launch,
+// CUDA_CHECK(cudaGetLastError()) reports a launch that could not start (a bad configuration) and,
+// on the CPU layer, a fault inside the kernel.
 inline void cuda_check(cudaError_t error, const char* file, int line) {
     if (error != cudaSuccess) {
         fprintf(stderr, "[CUDA ERROR] at %s:%d: %s\n", file, line, cudaGetErrorString(error));
@@ -43,8 +45,6 @@ inline void curand_check(curandStatus_t status, const char* file, int line) {
 }
 #define CURAND_CHECK(call) curand_check((call), __FILE__, __LINE__)
 
-// After a launch: any configuration error (or, on the CPU layer, a fault inside the kernel).
-#define CUDA_CHECK_LAUNCH() cuda_check(cudaGetLastError(), __FILE__, __LINE__)
 
 inline int ceil_div(long a, long b) { return (int)((a + b - 1) / b); }
 

@@ -357,18 +357,18 @@ inline void moe_stats_compute_raw(MoeStatsBuffer& buf,
     const int token_blocks = moe_stats_token_blocks(N);
     moe_stats_token_kernel<<<token_blocks, MOE_STATS_THREADS, token_shared>>>(entropy_partials, count_partials, probs,
                                                                              topk_idx, kept, N, E, K, R);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
     const bool grads = grad_fc_w && grad_fc_b && grad_proj_w && grad_proj_b;
     const int grad_blocks = grads ? moe_stats_grad_blocks(C, F) : 0;
     if (grads) {
         moe_stats_grad_kernel<<<dim3(grad_blocks, E), MOE_STATS_THREADS, MOE_STATS_THREADS * sizeof(double)>>>(
             grad_partials, grad_fc_w, grad_fc_b, grad_proj_w, grad_proj_b, C, F);
-        CUDA_CHECK_LAUNCH();
+        CUDA_CHECK(cudaGetLastError());
     }
     moe_stats_finalize_kernel<<<1, MOE_STATS_THREADS>>>(doubles, counts, entropy_partials,
                                                         grads ? grad_partials : nullptr, count_partials, aux, z, N, E,
                                                         token_blocks, grad_blocks);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // The statistics of one MoE layer after its forward (and, for the gradient norms, its backward)

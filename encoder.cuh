@@ -72,7 +72,7 @@ inline void encoder_forward(float* out,        // (B,T,C)
                             int B, int T, int C) {
     if ((long)B * T * C <= 0) return;
     encoder_forward_kernel<<<ceil_div((long)B * T, 32), 128>>>(out, idx, wte, wpe, B, T, C);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 inline void encoder_backward(float* dwte,        // (V,C) +=
@@ -82,7 +82,7 @@ inline void encoder_backward(float* dwte,        // (V,C) +=
                              int B, int T, int C, int V) {
     if ((long)B * T * C <= 0) return;
     encoder_backward_wte_kernel<<<V, 32>>>(dwte, dout, idx, B * T, C);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
     encoder_backward_wpe_kernel<<<ceil_div((long)T * C, 32L * 128), 128>>>(dwpe, dout, B, T, C);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }

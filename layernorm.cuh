@@ -135,7 +135,7 @@ inline void layernorm_forward(float* out,           // (N,C)
     const int lanes = threads_per_row(C), block = 128;
     layernorm_forward_kernel<<<ceil_div((long)N * lanes, block), block>>>(out, mean, rstd, inp, weight, bias, N, C,
                                                                           lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 inline void layernorm_backward(float* dinp,          // (N,C) +=, accumulates (residual stream)
@@ -151,9 +151,9 @@ inline void layernorm_backward(float* dinp,          // (N,C) +=, accumulates (r
     const int lanes = threads_per_row(C), block = 128;
     layernorm_backward_dinp_kernel<<<ceil_div((long)N * lanes, block), block>>>(dinp, dout, inp, weight, mean, rstd,
                                                                                 N, C, lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
     const int groups = N / 64 < 1 ? 1 : N / 64 > 32 ? 32 : N / 64;  // ~64 rows per thread
     layernorm_backward_params_kernel<<<ceil_div(C, 32), groups * 32, 2 * groups * 32 * sizeof(float)>>>(
         dweight, dbias, dout, inp, mean, rstd, N, C);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }

@@ -63,7 +63,7 @@ inline void bias_backward(float* dbias,       // (batch,OC) +=
     if (OC <= 0 || batch <= 0) return;
     bias_backward_kernel<<<dim3(ceil_div(OC, 32), batch), row_groups * 32, row_groups * 32 * sizeof(float)>>>(
         dbias, dout, dout_stride, N, OC);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // One linear layer: ~64 rows per thread (G = N/64, 1..32).
@@ -85,7 +85,7 @@ inline void matmul_forward(float* out,           // (N,OC)
                              &one, weight, IC, inp, IC, &zero, out, OC));
     if (bias != nullptr) {
         add_bias_kernel<<<ceil_div((long)N * OC, 32L * 128), 128>>>(out, bias, N, OC);
-        CUDA_CHECK_LAUNCH();
+        CUDA_CHECK(cudaGetLastError());
     }
 }
 

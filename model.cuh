@@ -313,7 +313,7 @@ inline void model_forward(Model& m, const int* inputs_host, const int* targets_h
                                       N, V, 1.0f / N);
         mean_forward(m.losses + 1, m.token_losses, N);  // ce into losses[1] first
         losses_init_kernel<<<1, 1>>>(m.losses, m.losses + 1);
-        CUDA_CHECK_LAUNCH();
+        CUDA_CHECK(cudaGetLastError());
         if (c.moe())
             for (int l = 0; l < L; l++) moe_loss_forward(m.losses, m.blocks[l].moe, c);
     }

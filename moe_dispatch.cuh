@@ -83,7 +83,7 @@ inline void moe_capacity(int* kept, int* slot, int* slot_choice, int* routed, in
     const int block_size = 64;
     moe_capacity_kernel<<<E, block_size, (block_size + 1) * sizeof(int)>>>(kept, slot, slot_choice, routed,
                                                                            kept_count, topk_idx, N, K, capacity, R);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ inline void moe_dispatch(float* expert_in, const float* u, const int* slot_choic
     const int rows = E * R, lanes = threads_per_row(C), block_size = 128;
     moe_dispatch_kernel<<<ceil_div((long)rows * lanes, block_size), block_size>>>(expert_in, u, slot_choice, rows, C,
                                                                                 K, lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // The backward of dispatch (and of the shared experts' reading of u): every copy of u_t hands its
@@ -149,7 +149,7 @@ inline void moe_dispatch_backward(float* du, const float* d_expert_in, const flo
     const int lanes = threads_per_row(C), block_size = 128;
     moe_dispatch_backward_kernel<<<ceil_div((long)N * lanes, block_size), block_size>>>(
         du, d_expert_in, d_shared_in, topk_idx, kept, slot, N, C, K, R, S, lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ inline void moe_combine(float* out, const float* expert_out, const float* shared
     moe_combine_kernel<<<ceil_div((long)N * lanes, block_size), block_size>>>(out, expert_out, shared_out, gates,
                                                                             topk_idx, kept, slot, N, C, K, R, S,
                                                                             lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // The backward of combine, to the expert outputs (one group of `lanes` threads per buffer row):
@@ -243,9 +243,9 @@ inline void moe_combine_backward(float* d_expert_out, float* d_gates, const floa
     moe_combine_backward_kernel<<<ceil_div((long)rows * lanes, block_size), block_size>>>(d_expert_out, dout, gates,
                                                                                         slot_choice, rows, C, K,
                                                                                         lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
     const int choice_block = 64;
     moe_combine_backward_gates_kernel<<<ceil_div((long)N * K, choice_block), choice_block>>>(
         d_gates, dout, expert_out, topk_idx, kept, slot, N, C, K, R);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }

@@ -95,14 +95,14 @@ inline void expert_hidden_forward(float* pre, float* act, const float* bias, con
     const int rows = batch * M, lanes = threads_per_row(W), block_size = 128;
     expert_hidden_forward_kernel<<<ceil_div((long)rows * lanes, block_size), block_size>>>(pre, act, bias, row_choice,
                                                                                          rows, M, W, lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 inline void expert_output_bias(float* out, const float* bias, const int* row_choice, int batch, int M, int W) {
     const int rows = batch * M, lanes = threads_per_row(W), block_size = 128;
     expert_output_bias_kernel<<<ceil_div((long)rows * lanes, block_size), block_size>>>(out, bias, row_choice, rows,
                                                                                       M, W, lanes);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -238,7 +238,7 @@ __global__ void moe_router_losses_kernel(float* aux,          // (1)
 inline void moe_router_losses(float* aux, float* z, const float* probs, const float* lse, const int* routed, int N,
                               int E, int K) {
     moe_router_losses_kernel<<<1, 256>>>(aux, z, probs, lse, routed, N, E, K);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // The model's losses = [total, ce, aux summed over layers, z summed over layers] take this layer's
@@ -254,7 +254,7 @@ __global__ void moe_add_losses_kernel(float* losses,     // (4)
 
 inline void moe_add_losses(float* losses, const float* aux, const float* z, float aux_coef, float z_coef) {
     moe_add_losses_kernel<<<1, 1>>>(losses, aux, z, aux_coef, z_coef);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -287,7 +287,7 @@ inline void moe_route(float* probs, float* gates, int* topk_idx, float* lse, con
     const int block_size = 64;
     moe_route_kernel<<<ceil_div(N, block_size), block_size>>>(probs, gates, topk_idx, lse, logits, noise_logits, eps,
                                                              N, E, K);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -326,5 +326,5 @@ inline void moe_router_backward(float* d_logits, float* d_noise_logits, const fl
     moe_router_backward_kernel<<<ceil_div(N, block_size), block_size>>>(d_logits, d_noise_logits, d_gates, probs,
                                                                        gates, topk_idx, logits, lse, noise_logits,
                                                                        eps, routed, N, E, K, aux_coef, z_coef);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }

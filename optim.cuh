@@ -88,16 +88,16 @@ inline void global_norm_squared(float* out,          // (1) overwritten
     if (blocks > 1024) blocks = 1024;
     const long tile = (n + blocks - 1) / blocks;
     norm_squared_partial_kernel<<<(int)blocks, block>>>(scratch, x, n, tile);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
     norm_squared_final_kernel<<<1, 32>>>(out, scratch, (int)blocks);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 inline void clip_scale(float* scale,               // (1)
                        const float* norm_squared,  // (1)
                        float max_norm) {
     clip_scale_kernel<<<1, 1>>>(scale, norm_squared, max_norm);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 inline void adamw_update(float* params,           // (n)
@@ -112,7 +112,7 @@ inline void adamw_update(float* params,           // (n)
     const float bias_correction2 = 1.0f - powf(beta2, (float)step);
     adamw_kernel<<<ceil_div(n, 32L * 128), 128>>>(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay,
                                                   bias_correction1, bias_correction2, grad_scale);
-    CUDA_CHECK_LAUNCH();
+    CUDA_CHECK(cudaGetLastError());
 }
 
 // Learning rate at 0-based `step`: linear warmup lr * (step+1) / warmup for step < warmup, then a

@@ -125,21 +125,21 @@ int main() {
 
     double t = median_ms(reps, [&] {
         empty_kernel<<<blocks, threads>>>();
-        CUDA_CHECK_LAUNCH();
+        CUDA_CHECK(cudaGetLastError());
     });
     printf("%-46s %10.2f %12.1f\n", "empty kernel 4096x256 (per CUDA thread)", t, t * 1e6 / nthreads);
     const double t_empty = t;
 
     t = median_ms(reps, [&] {
         barrier_kernel<<<blocks, threads>>>(d_sink);
-        CUDA_CHECK_LAUNCH();
+        CUDA_CHECK(cudaGetLastError());
     });
     printf("%-46s %10.2f %12.1f\n", "64 x __syncthreads (per barrier per thread)", t,
            (t - t_empty) * 1e6 / (nthreads * kBarriers));
 
     t = median_ms(reps, [&] {
         shuffle_kernel<<<blocks, threads>>>(d_sink);
-        CUDA_CHECK_LAUNCH();
+        CUDA_CHECK(cudaGetLastError());
     });
     printf("%-46s %10.2f %12.1f\n", "64 x __shfl_xor_sync (per shuffle per thread)", t,
            (t - t_empty) * 1e6 / (nthreads * kShuffles));
@@ -147,7 +147,7 @@ int main() {
     const size_t shared = sizeof(float) * (cols + 32);
     const double t_simt = median_ms(reps, [&] {
         softmax_kernel<<<rows, threads, shared>>>(d_out, d_in, cols);
-        CUDA_CHECK_LAUNCH();
+        CUDA_CHECK(cudaGetLastError());
     });
     printf("%-46s %10.2f %12.1f\n", "softmax 4096x256, SIMT kernel (per element)", t_simt,
            t_simt * 1e6 / ((double)rows * cols));

@@ -46,10 +46,6 @@ void fill_uniform(std::vector<float>& v, std::mt19937& rng, float lo, float hi) 
     std::uniform_real_distribution<float> dist(lo, hi);
     for (auto& x : v) x = dist(rng);
 }
-void fill_normal(std::vector<float>& v, std::mt19937& rng) {
-    std::normal_distribution<float> dist(0.0f, 1.0f);
-    for (auto& x : v) x = dist(rng);
-}
 
 // |got - want| <= rtol * (|want| + rms(want)) elementwise: float rounding, relative to the element
 // and to the tensor's typical size (an element that is a near-cancelling sum carries the error of its terms).
