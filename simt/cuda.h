@@ -13,18 +13,6 @@
 #include <cublas_v2.h>
 #include <curand.h>
 
-// ---- transitional: the pre-<<<>>> spellings, kept until the last kernel header stops using them.
-// Delete this block (and its twin in simt/simt.h) when `grep -rn "LAUNCH(\|dynamic_shared<"` over
-// the kernel headers finds nothing.
-#define LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
-    kernel<<<(grid), (block), (shared_bytes), (stream)>>>(__VA_ARGS__)
-template <typename T>
-__device__ __forceinline__ T* dynamic_shared() {
-    extern __shared__ __align__(16) unsigned char simt_dynamic_shared_memory[];
-    return reinterpret_cast<T*>(simt_dynamic_shared_memory);
-}
-// ---- end of transitional block
-
 // The only line that differs between builds for random numbers: on a GPU the device generator,
 // on the CPU libcurand's host generator (which writes into the layer's "device" memory).
 inline curandStatus_t create_generator(curandGenerator_t* generator, curandRngType_t type) {

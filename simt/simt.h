@@ -335,17 +335,6 @@ inline T* dynamic_shared() {
 }
 }  // namespace simt
 
-// ---- transitional: the pre-<<<>>> spellings, kept until the last kernel header stops using them.
-// Delete this block (and its twin in simt/cuda.h) when `grep -rn "LAUNCH(\|dynamic_shared<"` over
-// the kernel headers finds nothing.
-#define LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
-    ::simt::launch(#kernel, kernel, dim3(grid), dim3(block), (shared_bytes), (stream))(__VA_ARGS__)
-template <typename T>
-inline T* dynamic_shared() {
-    return ::simt::dynamic_shared<T>();
-}
-// ---- end of transitional block
-
 // =====================================================================================
 // 5. Barriers, warp operations (CUDA semantics; the source_location identifies the call site)
 // =====================================================================================
