@@ -1,4 +1,4 @@
-// diagnostics.cuh: what an MoE layer did in a step, as numbers (MODEL_SPEC "Diagnostics").
+// diagnostics.cuh: what an MoE layer did in a step, as numbers (docs/model.md, section 26).
 //
 // Two halves:
 //   1. Expert specialisation, in plain C++ on the host: which characters each expert received
@@ -11,7 +11,7 @@
 //      sum is a fixed-order reduction in double (a fixed grid of MOE_STATS_BLOCKS blocks, a tree in
 //      each block, then the block partials added in block order). No float atomics.
 //
-// Definitions (MODEL_SPEC "Diagnostics"; N tokens, K choices per token, E experts, R ranks):
+// Definitions (docs/model.md, section 26; N tokens, K choices per token, E experts, R ranks):
 //   tokens_routed[e]    choices that picked e before capacity (rank j = 0..K-1 all count)
 //   tokens_kept[e]      choices of e that got a slot (kept[t,j] == 1)
 //   drop_rate           dropped choices / (N*K)

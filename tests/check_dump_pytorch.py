@@ -1,4 +1,4 @@
-"""Cross-check of a --dump-state file against MODEL_SPEC.md, re-implemented with PyTorch autograd.
+"""Cross-check of a --dump-state file against the model of docs/model.md, re-implemented with PyTorch autograd.
 
     ./train_moe_cpu --capacity-factor 1.0 --dump-state dump.safetensors
     python tests/check_dump_pytorch.py dump.safetensors

@@ -1,5 +1,5 @@
-// reference_diagnostics.h: plain C++ reference of every per-layer MoE diagnostic (MODEL_SPEC
-// "Diagnostics"), straight from the definitions, in double, host memory only. The device
+// reference_diagnostics.h: plain C++ reference of every per-layer MoE diagnostic (docs/model.md,
+// section 26), straight from the definitions, in double, host memory only. The device
 // statistics of diagnostics.cuh must reproduce these numbers.
 #pragma once
 #include <algorithm>
