@@ -30,21 +30,38 @@ struct ModelConfig {
     int router_noise = 0;         // 1: noisy top-k gating while training
     float aux_coef = 0;           // weight of the load-balancing loss in the total loss
     float z_coef = 0;             // weight of the router z-loss in the total loss
+    // routing variants (docs/model.md, "Routing variants"); the defaults are the layer above
+    std::string gate = "softmax";    // router scores: softmax over the experts | sigmoid of each
+    std::string routing = "token";   // token: each token picks K experts | expert: each expert picks its tokens
+    std::string overflow = "drop";   // a choice over capacity: drop | reroute (to the token's next experts)
+    float bias_rate = 0;          // aux-loss-free balancing: step of the selection bias (0: off)
+    float entropy_coef = 0;       // router entropy bonus: total loss -= entropy_coef * sum_layers H
+    int groups = 1;               // G token groups, each with its own capacity (G divides the batch)
 
     bool moe() const { return experts > 0; }
+    bool sigmoid_gate() const { return gate == "sigmoid"; }
+    bool expert_choice() const { return routing == "expert"; }
+    bool reroute() const { return overflow == "reroute"; }
 };
 
-// How many tokens one expert may take in a step of N tokens (N = B*T):
-//   capacity = ceil(capacity_factor * N * K / E), computed in double, left to right;
-// without a limit (capacity_factor <= 0) every token fits: capacity = N.
+// How many tokens one expert may take from each group of a step of N tokens (N = B*T, G groups of
+// N/G tokens; one group unless --groups says otherwise):
+//   capacity = ceil(capacity_factor * (N/G) * K / E), computed in double, left to right;
+// without a limit (capacity_factor <= 0) every token fits: capacity = N/G. With expert choice the
+// capacity is also capped at N/G (an expert cannot take a token twice).
 inline int expert_capacity(const ModelConfig& c, long N) {
-    if (c.capacity_factor <= 0.0) return (int)N;
-    return (int)std::ceil(c.capacity_factor * (double)N * (double)c.top_k / (double)c.experts);
+    const long group_tokens = N / c.groups;
+    if (c.capacity_factor <= 0.0) return (int)group_tokens;
+    const int cap = (int)std::ceil(c.capacity_factor * (double)group_tokens * (double)c.top_k / (double)c.experts);
+    return c.expert_choice() ? (int)std::min<long>(cap, group_tokens) : cap;
 }
 
 // Rows of an expert's buffer: a token picks an expert at most once, so no expert ever holds more
-// than N tokens, whatever the capacity.
-inline int expert_buffer_rows(const ModelConfig& c, long N) { return (int)std::min<long>(expert_capacity(c, N), N); }
+// than N/G tokens of a group, whatever the capacity; the buffer holds the G groups' rows one group
+// after the other.
+inline int expert_buffer_rows(const ModelConfig& c, long N) {
+    return c.groups * (int)std::min<long>(expert_capacity(c, N), N / c.groups);
+}
 
 // Parameters of one FFN of hidden width H on width C: two matrices and two biases.
 inline size_t ffn_parameters(size_t C, size_t H) { return 2 * C * H + H + C; }

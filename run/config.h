@@ -87,6 +87,12 @@ inline const std::vector<FlagSpec>& flag_table() {
         {"router-noise",     &C::router_noise,     "1",     "1",     true,  "noisy top-k gating during training, 0|1"},
         {"aux-coef",         &C::aux_coef,         "0.01",  "0.01",  true,  "load-balancing loss coefficient"},
         {"z-coef",           &C::z_coef,           "0.001", "0.001", true,  "router z-loss coefficient"},
+        {"gate",             &C::gate,             "softmax", "softmax", true, "router scores: softmax (over the experts) | sigmoid (each expert on its own)"},
+        {"routing",          &C::routing,          "token", "token", true,  "token (each token picks --top-k experts) | expert (each expert picks its capacity of tokens)"},
+        {"overflow",         &C::overflow,         "drop",  "drop",  true,  "a choice over capacity: drop | reroute (to the token's next-best experts with room)"},
+        {"bias-rate",        &C::bias_rate,        "0",     "0",     true,  "aux-loss-free balancing: selection bias step, b_i += rate*sign(mean load - load_i) (0 = off)"},
+        {"entropy-coef",     &C::entropy_coef,     "0",     "0",     true,  "router entropy bonus: loss -= coef * sum of the layers' mean router entropy (negative sharpens)"},
+        {"groups",           &C::groups,           "1",     "1",     true,  "token groups (whole sequences) with their own capacity; must divide --batch"},
         {"ep-ranks",         &C::ep_ranks,         "4",     "4",     false, "simulated expert-parallel ranks for the all-to-all traffic metric"},
         {"batch",            &C::batch,            "12",    "64",    true,  "sequences per step B"},
         {"steps",            &C::steps,            "2000",  "5000",  true,  "training steps"},
@@ -349,6 +355,36 @@ inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
         !fits("position embedding (block-size*dim)", (double)c.block_size * C) ||
         !fits("FFN weights (hidden*dim)", std::max((double)c.ffn_hidden, (double)c.shared_experts * c.shared_hidden) * C))
         return false;
+    // routing variants
+    auto one_of = [&](const char* flag, const std::string& v, const char* a, const char* b) {
+        if (v == a || v == b) return true;
+        return fail(std::string("--") + flag + " must be " + a + " or " + b + " (got \"" + v + "\")");
+    };
+    if (!one_of("gate", c.gate, "softmax", "sigmoid") || !one_of("routing", c.routing, "token", "expert") ||
+        !one_of("overflow", c.overflow, "drop", "reroute") || !non_negative("bias-rate", c.bias_rate) ||
+        !at_least("groups", c.groups, 1))
+        return false;
+    if (!std::isfinite(c.entropy_coef)) return fail("--entropy-coef must be a finite number");
+    if (c.batch % c.groups != 0)
+        return fail("--groups " + std::to_string(c.groups) + " does not divide --batch " + std::to_string(c.batch));
+    const bool variant = c.gate != "softmax" || c.routing != "token" || c.overflow != "drop" || c.bias_rate != 0 ||
+                         c.entropy_coef != 0 || c.groups != 1;
+    if (c.experts == 0 && variant)
+        return fail("the routing flags (--gate, --routing, --overflow, --bias-rate, --entropy-coef, --groups) need --experts > 0");
+    // Variants whose kernels have not landed yet are refused rather than silently ignored.
+    // (Each implementation removes its line here.)
+    if (c.sigmoid_gate()) return fail("--gate sigmoid is not implemented yet");
+    if (c.expert_choice()) return fail("--routing expert is not implemented yet");
+    if (c.reroute()) return fail("--overflow reroute is not implemented yet");
+    if (c.bias_rate != 0) return fail("--bias-rate is not implemented yet");
+    if (c.entropy_coef != 0) return fail("--entropy-coef is not implemented yet");
+    if (c.groups != 1) return fail("--groups is not implemented yet");
+    if (c.expert_choice()) {
+        if (c.bias_rate != 0) return fail("--routing expert cannot be combined with --bias-rate (experts choose their tokens: there is no token-side selection to bias)");
+        if (c.reroute()) return fail("--routing expert cannot be combined with --overflow reroute (every expert takes exactly its capacity)");
+        if (c.experts > 0 && !(c.capacity_factor > 0))
+            return fail("--routing expert needs --capacity-factor > 0 (it sets how many tokens each expert takes)");
+    }
     if (c.experts == 0) return true;
     // The capacity is a count of tokens (an int): N fits one here, cf*N*K/E must too.
     if (c.capacity_factor * N * c.top_k / c.experts > limit)
@@ -427,7 +463,10 @@ inline bool config_from_metadata(const std::map<std::string, std::string>& meta,
     for (const auto& f : flag_table()) {
         auto it = meta.find(f.name);
         if (it == meta.end()) {
-            if (f.trajectory) {
+            // the routing variants came later: a checkpoint without them was trained with their defaults
+            static const std::set<std::string> added_later = {"gate", "routing", "overflow", "bias-rate",
+                                                              "entropy-coef", "groups"};
+            if (f.trajectory && !added_later.count(f.name)) {
                 error = std::string("metadata lacks the configuration field \"") + f.name + "\"";
                 return false;
             }
