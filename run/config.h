@@ -99,7 +99,7 @@ inline const std::vector<FlagSpec>& flag_table() {
         {"lr",               &C::lr,               "1e-3",  "1e-3",  true,  "peak learning rate"},
         {"min-lr",           &C::min_lr,           "1e-4",  "1e-4",  true,  "final learning rate of the cosine decay"},
         {"warmup",           &C::warmup,           "100",   "100",   true,  "linear warmup steps"},
-        {"weight-decay",     &C::weight_decay,     "0.1",   "0.1",   true,  "AdamW weight decay (2-D weights only)"},
+        {"weight-decay",     &C::weight_decay,     "0.1",   "0.1",   true,  "AdamW weight decay (weight matrices and expert weight stacks; never biases or LayerNorm)"},
         {"grad-clip",        &C::grad_clip,        "1.0",   "1.0",   true,  "clip the global gradient norm to this (0 = off)"},
         {"beta1",            &C::beta1,            "0.9",   "0.9",   true,  "AdamW beta1"},
         {"beta2",            &C::beta2,            "0.99",  "0.99",  true,  "AdamW beta2"},
