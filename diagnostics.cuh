@@ -167,7 +167,18 @@ struct MoeStats {  // per MoE layer, per logged step (host copy)
     std::vector<double> expert_grad_norm;  // (E); empty when no gradients were given
     long cross_rank_choices = 0;
     double cross_rank_bytes = 0;  // 2 * 4 * C * cross_rank_choices
+    std::vector<float> bias;      // (E) --bias-rate's selection bias b after the step; empty when off
+    double bias_range = 0;        // max_i b_i - min_i b_i (0 when off)
 };
+
+// The selection bias of a layer (host copy) into its statistics: b and its range.
+inline void moe_stats_set_bias(MoeStats& s, const std::vector<float>& bias) {
+    s.bias = bias;
+    s.bias_range = 0;
+    if (bias.empty()) return;
+    const auto [lo, hi] = std::minmax_element(bias.begin(), bias.end());
+    s.bias_range = (double)*hi - (double)*lo;
+}
 
 // Launch geometry: a function of the shapes only, so every float sum has the same order on every
 // run, device and worker-thread count.
@@ -477,5 +488,9 @@ inline std::string moe_stats_json(const MoeStats& s) {
     j += ",\"ep_ranks\":" + std::to_string(s.ep_ranks);
     j += ",\"cross_rank_choices\":" + std::to_string(s.cross_rank_choices);
     j += ",\"cross_rank_bytes\":" + diagnostics_json_number(s.cross_rank_bytes);
+    if (!s.bias.empty()) {  // --bias-rate only
+        j += ",\"bias\":" + diagnostics_json_array(s.bias);
+        j += ",\"bias_range\":" + diagnostics_json_number(s.bias_range);
+    }
     return j + "}";
 }

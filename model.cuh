@@ -82,6 +82,10 @@ struct Model {
     float* adam_m = nullptr;                // (num_parameters)
     float* adam_v = nullptr;                // (num_parameters)
     Weights w, g;                           // views of params and grads
+    // tensors that are not parameters (model_buffer_table: no gradient, no AdamW), saved with the weights
+    std::vector<ParamTensor> buffers;       // with --bias-rate: h.{l}.moe.router.bias, offsets into router_bias
+    float* router_bias = nullptr;           // (L, E) the selection biases b (nullptr when --bias-rate is 0);
+                                            // w.blocks[l].moe.router_bias points at row l
     // activations
     float* acts = nullptr;                  // one allocation
     int* acts_int = nullptr;                // one allocation (MoE routing indices)
@@ -228,6 +232,13 @@ inline void model_build(Model& m, const ModelConfig& cfg, int B, int T, uint64_t
     CUDA_CHECK(cudaMemset(m.adam_v, 0, P * sizeof(float)));
     model_weight_views(m.w, m.params, m);
     model_weight_views(m.g, m.grads, m);
+    m.buffers = model_buffer_table(cfg);  // the selection biases start at 0
+    if (!m.buffers.empty()) {
+        const size_t n = (size_t)cfg.layers * cfg.experts;
+        CUDA_CHECK(cudaMalloc(&m.router_bias, n * sizeof(float)));
+        CUDA_CHECK(cudaMemset(m.router_bias, 0, n * sizeof(float)));
+        for (int l = 0; l < cfg.layers; l++) m.w.blocks[l].moe.router_bias = m.router_bias + (size_t)l * cfg.experts;
+    }
 
     // activations: one allocation, views handed out by model_for_each_activation
     size_t floats = 0, ints = 0;
@@ -248,6 +259,7 @@ inline void model_build(Model& m, const ModelConfig& cfg, int B, int T, uint64_t
 inline void model_free(Model& m) {
     router_noise_destroy(m.router_noise);
     cudaFree(m.params); cudaFree(m.grads); cudaFree(m.adam_m); cudaFree(m.adam_v);
+    if (m.router_bias) cudaFree(m.router_bias);
     cudaFree(m.acts); if (m.acts_int) cudaFree(m.acts_int);
     cudaFree(m.inputs); cudaFree(m.targets);
     m = Model{};
@@ -378,6 +390,8 @@ struct OptimConfig {
 
 // Global-norm clipping then AdamW on every tensor (decay on matrices only). `step` is 1-based.
 // Everything stays on the device: the clip scale is read by the update kernel from device memory.
+// With --bias-rate, then every MoE layer's selection bias moves by the load of the step's training
+// forward (the last forward: b_i += gamma sign(N*K/E - routed_i), moe_bias_update).
 inline void model_update(Model& m, const OptimConfig& o, int step) {
     global_norm_squared(m.grad_norm_sq, m.norm_scratch, m.grads, (long)m.num_parameters);
     clip_scale(m.grad_scale, m.grad_norm_sq, o.grad_clip);
@@ -385,6 +399,12 @@ inline void model_update(Model& m, const OptimConfig& o, int step) {
         adamw_update(m.params + p.offset, m.grads + p.offset, m.adam_m + p.offset, m.adam_v + p.offset,
                      (long)p.numel, o.lr, o.beta1, o.beta2, o.eps, p.is_matrix ? o.weight_decay : 0.0f, step,
                      m.grad_scale);
+    if (m.router_bias)
+        for (int l = 0; l < m.cfg.layers; l++) {
+            const MoeActivations& a = m.blocks[l].moe;
+            moe_bias_update(m.w.blocks[l].moe.router_bias, a.tokens_per_expert_routed, a.N, m.cfg.experts,
+                            m.cfg.top_k, m.cfg.bias_rate);
+        }
 }
 
 // Global gradient L2 norm of the last update (before clipping); a device-to-host copy.

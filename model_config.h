@@ -142,3 +142,19 @@ inline std::vector<ParamTensor> model_parameter_table(const ModelConfig& c) {
     return t;
 }
 
+// The model's tensors that are not parameters (no gradient, no AdamW moments), saved in checkpoints
+// and state dumps beside the weights: with --bias-rate, each MoE layer's selection bias
+// h.{l}.moe.router.bias [E] (offsets into one (L, E) allocation). Empty otherwise.
+inline std::vector<ParamTensor> model_buffer_table(const ModelConfig& c) {
+    std::vector<ParamTensor> t;
+    if (!c.moe() || c.bias_rate == 0) return t;
+    for (int l = 0; l < c.layers; l++) {
+        ParamTensor p;
+        p.name = "h." + std::to_string(l) + ".moe.router.bias";
+        p.shape = {c.experts};
+        p.numel = (size_t)c.experts;
+        p.offset = (size_t)l * c.experts;
+        t.push_back(p);  // starts at 0 (init_std 0, init_value 0)
+    }
+    return t;
+}

@@ -40,6 +40,8 @@ struct MoeWeights {          // a view into the model's parameters; gradients us
     float* noise;            // (E, C)  W_n
     ExpertWeights experts;   // E routed experts of hidden width F: fc_w (E,F,C), fc_b (E,F), proj_w (E,C,F), proj_b (E,C)
     ExpertWeights shared;    // S shared experts of hidden width Fs (all nullptr when S == 0)
+    float* router_bias = nullptr;  // (E) selection bias b of --bias-rate (not a parameter: no gradient,
+                                   // no AdamW; lives in Model::router_bias); nullptr when off and in gradients
 };
 
 struct MoeActivations {      // views into one float and one int allocation (moe_activation_views)
@@ -102,7 +104,7 @@ inline void moe_forward(float* out,                 // (N, C) overwritten
     const float* eps = a.noisy ? a.noise_eps : nullptr;
 
     moe_router_logits_forward(a.router_logits, a.noise_logits, w.router, w.noise, u, N, C, E, a.noisy);
-    moe_route(a.probs, a.gates, a.topk_idx, a.router_lse, a.router_logits, noise_logits, eps, N, E, K);
+    moe_route(a.probs, a.gates, a.topk_idx, a.router_lse, a.router_logits, noise_logits, eps, N, E, K, w.router_bias);
     moe_capacity(a.kept, a.slot, a.slot_choice, a.tokens_per_expert_routed, a.tokens_per_expert_kept, a.topk_idx, N,
                  E, K, capacity, R);
     moe_dispatch(a.expert_in, u, a.slot_choice, E, R, C, K);

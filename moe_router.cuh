@@ -9,6 +9,7 @@
 //   aux = E sum_i f_i P_i                          load balance, f_i = routed_i / (N K), P_i = mean_t p_t[i]
 //   z   = (1/N) sum_t logsumexp(r_t)^2             keeps the logits small
 //   loss += aux_coef * aux + z_coef * z
+//   with --bias-rate: top-K on p_t + b (gates still from p_t); b_i += gamma sign(NK/E - routed_i) after each update
 //
 // Each step's forward and backward are device functions side by side below; one kernel per
 // direction (a thread per token, its E <= MOE_MAX_EXPERTS values in registers) runs them in order.
@@ -133,22 +134,35 @@ __device__ inline void router_softmax_backward(float* dp_to_dh, const float* p, 
 //   K > 1:  dp_{e_j} += (dg_j - sum_j' dg_j' g_j') / D
 //   K = 1:  dp_{e_1} += dg_1
 
+// The score a token's experts are ranked by: p_i, or p_i + b_i with aux-loss-free balancing
+// (--bias-rate: the layer's selection bias b, not trained by gradient). The bias only decides WHICH
+// experts are chosen; the gates are always computed from the unbiased p. Every ranking of a
+// token's experts (top-K, the reroute order) goes through this one function, so they agree bit
+// for bit with each other and with the reference (one float add, p + b).
+__device__ inline float router_selection_score(const float* p, const float* bias, int i) {
+    return bias ? p[i] + bias[i] : p[i];
+}
+
 // K passes of argmax over the experts not taken yet (a 64-bit mask: E <= 64); the strict '>'
-// keeps the lower index on ties, and a row of NaNs still yields K distinct experts.
-__device__ inline void router_top_k(int* topk_idx, float* gates, const float* p, int E, int K) {
+// keeps the lower index on ties, and a row of NaNs still yields K distinct experts. The argmax is
+// over the selection score (p, or p + b with a bias: `bias` nullptr means none); the gate of a
+// chosen expert is its unbiased p.
+__device__ inline void router_top_k(int* topk_idx, float* gates, const float* p, int E, int K,
+                                    const float* bias = nullptr) {
     unsigned long long taken = 0;
     float chosen_sum = 0.0f;
     for (int j = 0; j < K; j++) {
         int best = -1;
-        float best_p = 0.0f;
+        float best_score = 0.0f;
         for (int i = 0; i < E; i++) {
             if ((taken >> i) & 1ull) continue;
-            if (best < 0 || p[i] > best_p) { best_p = p[i]; best = i; }
+            const float score = router_selection_score(p, bias, i);
+            if (best < 0 || score > best_score) { best_score = score; best = i; }
         }
         taken |= 1ull << best;
         topk_idx[j] = best;
-        gates[j] = best_p;
-        chosen_sum += best_p;
+        gates[j] = p[best];
+        chosen_sum += p[best];
     }
     if (K > 1)
         for (int j = 0; j < K; j++) gates[j] = gates[j] / chosen_sum;
@@ -269,7 +283,8 @@ __global__ void moe_route_kernel(float* probs,              // (N,E)
                                  const float* logits,       // (N,E) r
                                  const float* noise_logits, // (N,E) n = W_n u   (nullptr: no noise)
                                  const float* eps,          // (N,E)             (nullptr: no noise)
-                                 int N, int E, int K) {
+                                 int N, int E, int K,
+                                 const float* bias) {       // (E) selection bias b   (nullptr: none)
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= N) return;
     const long row = (long)t * E;
@@ -279,14 +294,15 @@ __global__ void moe_route_kernel(float* probs,              // (N,E)
     router_softmax(p, h, E);
     for (int i = 0; i < E; i++) probs[row + i] = p[i];
     lse[t] = router_logsumexp(r, E);
-    router_top_k(topk_idx + (long)t * K, gates + (long)t * K, p, E, K);
+    router_top_k(topk_idx + (long)t * K, gates + (long)t * K, p, E, K, bias);
 }
 
 inline void moe_route(float* probs, float* gates, int* topk_idx, float* lse, const float* logits,
-                      const float* noise_logits, const float* eps, int N, int E, int K) {
+                      const float* noise_logits, const float* eps, int N, int E, int K,
+                      const float* bias = nullptr) {
     const int block_size = 64;
     moe_route_kernel<<<ceil_div(N, block_size), block_size>>>(probs, gates, topk_idx, lse, logits, noise_logits, eps,
-                                                             N, E, K);
+                                                             N, E, K, bias);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -326,5 +342,33 @@ inline void moe_router_backward(float* d_logits, float* d_noise_logits, const fl
     moe_router_backward_kernel<<<ceil_div(N, block_size), block_size>>>(d_logits, d_noise_logits, d_gates, probs,
                                                                        gates, topk_idx, logits, lse, noise_logits,
                                                                        eps, routed, N, E, K, aux_coef, z_coef);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------------------------
+// aux-loss-free balancing (--bias-rate gamma, DeepSeek-V3): the selection bias's update
+//
+//   b_i += gamma * sign(N*K/E - routed_i)        after every training step's optimizer update
+//
+// routed_i = the step's choices that picked expert i, before capacity (tokens_per_expert_routed of
+// the step's training forward), sign(0) = 0. The sign is taken exactly, in integers:
+// sign(N*K/E - routed_i) = sign(N*K - E*routed_i). An overloaded expert's bias falls, an idle
+// expert's rises, by gamma per step: no gradient, no loss term, no optimizer moments.
+__device__ inline float router_bias_step(float b, int routed, int N, int E, int K, float gamma) {
+    const long long excess = (long long)E * routed - (long long)N * K;  // E * (routed_i - N*K/E)
+    return excess < 0 ? b + gamma : excess > 0 ? b - gamma : b;
+}
+
+// One thread per expert (E <= 64: one warp-sized block); reads E counts and writes E floats that
+// stay on the device, so the training step needs no host round trip.
+__global__ void moe_bias_update_kernel(float* bias,        // (E) b, updated in place
+                                       const int* routed,  // (E)
+                                       int N, int E, int K, float gamma) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < E) bias[i] = router_bias_step(bias[i], routed[i], N, E, K, gamma);
+}
+
+inline void moe_bias_update(float* bias, const int* routed, int N, int E, int K, float gamma) {
+    moe_bias_update_kernel<<<1, 64>>>(bias, routed, N, E, K, gamma);
     CUDA_CHECK(cudaGetLastError());
 }

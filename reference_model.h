@@ -67,6 +67,8 @@ struct RefMoeParams {
     std::vector<T> proj_w, proj_b; // (E, C, F), (E, C)     and its second
     std::vector<T> shared_fc_w, shared_fc_b;      // (S, Fs, C), (S, Fs)
     std::vector<T> shared_proj_w, shared_proj_b;  // (S, C, Fs), (S, C)
+    std::vector<T> router_bias;    // (E) --bias-rate's selection bias b, or empty (off). Not trained: no
+                                   // gradient, so not one of the tensors for_each visits; ref_moe_bias_update moves it
     RefMoeParams() = default;
     explicit RefMoeParams(const ModelConfig& cfg) {  // all zero
         const size_t C = cfg.dim, E = cfg.experts, F = cfg.expert_hidden, S = cfg.shared_experts,
@@ -253,12 +255,14 @@ T ref_sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 //   h = r + eps * softplus(nl)   (with noise; otherwise h = r)
 //   p = softmax(h)                                                      -> probs (E)
 //   the K largest p, best first; of equal values the lower index first  -> topk (K)
+//     (with a selection bias b, --bias-rate: the K largest p + b instead, same tie rule)
 //   gates: p of the chosen, divided by their sum when K > 1             -> gates (K)
+//     (always the unbiased p, over the experts so chosen)
 //   lse = logsumexp(r), of the clean logits                             -> *lse
 // All in T, in the order the route kernel uses.
 template <typename T>
 void ref_moe_route_token(T* probs, T* gates, int* topk, T* lse, const T* r, const T* nl, const T* eps, int E, int K,
-                         int use_noise) {
+                         int use_noise, const T* bias = nullptr) {
     std::vector<T> p(E);
     T hmax = -INFINITY, rmax = -INFINITY;
     for (int i = 0; i < E; i++) {
@@ -279,10 +283,12 @@ void ref_moe_route_token(T* probs, T* gates, int* topk, T* lse, const T* r, cons
         probs[i] = p[i];
     }
     *lse = rmax + std::log(rsum);
-    // the K largest, highest first; among equal values the lower index comes first
+    // the K largest selection scores (p, or p + b), highest first; among equal values the lower index first
+    std::vector<T> score(E);
+    for (int i = 0; i < E; i++) score[i] = bias ? p[i] + bias[i] : p[i];
     std::vector<int> order(E);
     for (int i = 0; i < E; i++) order[i] = i;
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return score[a] > score[b]; });
     T chosen = 0;
     for (int j = 0; j < K; j++) {
         topk[j] = order[j];
@@ -294,11 +300,11 @@ void ref_moe_route_token(T* probs, T* gates, int* topk, T* lse, const T* r, cons
 // The same for all N tokens: logits, noise_logits, eps, probs (N, E); gates, topk_idx (N, K); lse (N).
 template <typename T>
 void ref_moe_route(T* probs, T* gates, int* topk_idx, T* lse, const T* logits, const T* noise_logits, const T* eps,
-                   int N, int E, int K, int use_noise) {
+                   int N, int E, int K, int use_noise, const T* bias = nullptr) {
     for (int t = 0; t < N; t++) {
         const long o = (long)t * E;
         ref_moe_route_token(probs + o, gates + (long)t * K, topk_idx + (long)t * K, lse + t, logits + o,
-                            noise_logits + o, eps + o, E, K, use_noise);
+                            noise_logits + o, eps + o, E, K, use_noise, bias);
     }
 }
 
@@ -377,7 +383,8 @@ void ref_moe_forward(T* out, RefMoeState<T>& st, const RefMoeParams<T>& w, const
     ref_matmul_forward(st.router_logits.data(), u, w.router.data(), (const T*)nullptr, N, C, E);
     if (use_noise) ref_matmul_forward(st.noise_logits.data(), u, w.noise.data(), (const T*)nullptr, N, C, E);
     ref_moe_route(st.probs.data(), st.gates.data(), st.topk_idx.data(), st.lse.data(), st.router_logits.data(),
-                  st.noise_logits.data(), st.noise_eps.data(), N, E, K, use_noise);
+                  st.noise_logits.data(), st.noise_eps.data(), N, E, K, use_noise,
+                  w.router_bias.empty() ? (const T*)nullptr : w.router_bias.data());
     ref_moe_capacity(st.kept.data(), st.slot.data(), st.slot_choice.data(), st.routed.data(), st.kept_count.data(),
                      st.topk_idx.data(), N, K, expert_capacity(cfg, N), expert_buffer_rows(cfg, N), E);
     std::vector<T> a(std::max(F, Fs)), y(C);
@@ -400,6 +407,20 @@ void ref_moe_forward(T* out, RefMoeState<T>& st, const RefMoeParams<T>& w, const
         for (int i = 0; i < C; i++) out[(long)t * C + i] = (T)acc[i];
     }
     ref_moe_aux_z(&st.aux, &st.z, st.probs.data(), st.lse.data(), st.routed.data(), N, E, K);
+}
+
+// Aux-loss-free balancing (--bias-rate gamma): after a training step's optimizer update, every
+// expert's selection bias moves by gamma towards balance:
+//   b_i += gamma * sign(N*K/E - routed_i),   sign(0) = 0,
+// routed_i the step's choices of expert i before capacity. N*K/E need not be an integer, so the
+// sign is taken in integers, of N*K - E*routed_i; the step is one float add, as in the kernel.
+template <typename T>
+void ref_moe_bias_update(T* bias, const int* routed, int N, int E, int K, T gamma) {
+    for (int i = 0; i < E; i++) {
+        const long long target_minus_load = (long long)N * K - (long long)E * routed[i];
+        const int sign = target_minus_load > 0 ? 1 : target_minus_load < 0 ? -1 : 0;
+        if (sign != 0) bias[i] = bias[i] + (T)sign * gamma;
+    }
 }
 
 // ================================================================================================

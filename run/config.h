@@ -376,7 +376,6 @@ inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
     if (c.sigmoid_gate()) return fail("--gate sigmoid is not implemented yet");
     if (c.expert_choice()) return fail("--routing expert is not implemented yet");
     if (c.reroute()) return fail("--overflow reroute is not implemented yet");
-    if (c.bias_rate != 0) return fail("--bias-rate is not implemented yet");
     if (c.entropy_coef != 0) return fail("--entropy-coef is not implemented yet");
     if (c.groups != 1) return fail("--groups is not implemented yet");
     if (c.expert_choice()) {

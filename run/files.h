@@ -363,10 +363,20 @@ inline bool read_checkpoint(const std::string& model_path, bool gpu_backend, Che
             get_flag_value(state_config, f) != get_flag_value(c.config, f))
             return bad(c.state_path, std::string("belongs to another run (its --") + f.name + " differs from the model's)");
     }
-    if (c.state.m.size() != c.model.tensors.size())
+    // the model's non-parameter tensors (--bias-rate's selection biases) have no moments
+    const std::vector<ParamTensor> buffers = model_buffer_table(c.config);
+    auto is_buffer = [&](const std::string& name) {
+        for (const auto& b : buffers)
+            if (b.name == name) return true;
+        return false;
+    };
+    size_t trained = 0;
+    for (const auto& t : c.model.tensors) trained += is_buffer(t.name) ? 0 : 1;
+    if (c.state.m.size() != trained)
         return bad(c.state_path, "holds moments for " + std::to_string(c.state.m.size()) + " tensors, the model has " +
-                                     std::to_string(c.model.tensors.size()));
+                                     std::to_string(trained));
     for (const auto& t : c.model.tensors) {
+        if (is_buffer(t.name)) continue;
         bool found = false;
         for (const auto& m : c.state.m) found = found || (m.name == t.name && m.shape == t.shape);
         if (!found) return bad(c.state_path, "has no moments shaped like the weight " + t.name);

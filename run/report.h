@@ -39,6 +39,7 @@
 //   expert_grad_norms.png  per-expert gradient L2 norm over time, a panel per layer, log axis
 //   load_histogram.png     tokens per expert at the last log step (routed and kept), a panel per layer,
 //                          with the uniform level N*K/E and the capacity marked
+//   bias.png               --bias-rate only: each layer's selection bias per expert over time, a panel per layer
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -112,6 +113,7 @@ inline bool moe_stats_from_json(const json::Value& v, MoeStats& s) {
     s.cross_rank_bytes = number_or_nan(v.get("cross_rank_bytes"));
     if (s.cross_rank_choices > 0 && std::isfinite(s.cross_rank_bytes))
         s.C = (int)std::lround(s.cross_rank_bytes / (8.0 * s.cross_rank_choices));
+    if (v.get("bias")) moe_stats_set_bias(s, number_array<float>(v.get("bias")));  // --bias-rate
     return true;
 }
 
@@ -330,6 +332,13 @@ inline std::vector<std::pair<std::string, double>> summary_metrics(const RunHist
         out.push_back({"z", z / nz});
         out.push_back({"router_lse_rms", lse / nz});
     }
+    // --bias-rate: the selection biases' spread (max - min) at the last log step, mean and largest over layers
+    if (const StepRecord* r = h.last_moe(); r && !r->moe.empty() && !r->moe[0].bias.empty()) {
+        double range = 0, range_max = 0;
+        for (const MoeStats& s : r->moe) range += s.bias_range, range_max = std::max(range_max, s.bias_range);
+        out.push_back({"bias_range", range / (double)r->moe.size()});
+        out.push_back({"bias_range_max", range_max});
+    }
     return out;
 }
 
@@ -513,6 +522,44 @@ inline plot::Figure load_histogram_figure(const RunHistory& h, const std::string
                              std::min<int>(2, (int)panels.size()), 640, 420);
 }
 
+// --bias-rate: each layer's selection bias b_e per expert over time (one panel per layer, a line
+// per expert, colours as in expert_grad_norm_figure), with 0 (the start) marked.
+inline plot::Figure bias_figure(const RunHistory& h) {
+    const int L = h.moe_layers(), E = h.experts();
+    std::vector<plot::Axes> panels;
+    for (int l = 0; l < L; l++) {
+        plot::Axes ax;
+        ax.title = report_detail::layer_name(l);
+        ax.xlabel = "step";
+        ax.ylabel = "selection bias b";
+        ax.legend = l == 0 && E <= 10;
+        for (int e = 0; e < E; e++) {
+            plot::Series s;
+            s.name = "expert " + std::to_string(e);
+            s.width = 1.5;
+            s.color = e;
+            for (const StepRecord& r : h.records) {
+                if ((int)r.moe.size() <= l || (int)r.moe[l].bias.size() <= e) continue;
+                s.x.push_back((double)r.step);
+                s.y.push_back(r.moe[l].bias[e]);
+            }
+            ax.series.push_back(std::move(s));
+        }
+        ax.hlines.push_back(plot::RefLine{0.0, "0 (start)", plot::rgb(120, 120, 120), true});
+        panels.push_back(std::move(ax));
+    }
+    std::string title = "Selection bias per expert (aux-loss-free balancing: b_i += rate * sign(N*K/E - load_i))";
+    if (L > 1 && E <= 10) title += ", colours as in the legend of layer 0";
+    return plot::grid_figure(title, panels, std::min(L, 2), 720, 500);
+}
+
+inline bool history_has_bias(const RunHistory& h) {
+    for (const StepRecord& r : h.records)
+        for (const MoeStats& s : r.moe)
+            if (!s.bias.empty()) return true;
+    return false;
+}
+
 // Writes the run's plots into run_dir (see the file comment); a dense history writes loss.png only.
 // False (and *error) when a file could not be written; `written` receives the paths that were.
 inline bool write_run_plots(const RunHistory& h, const std::string& run_dir, std::string* error = nullptr,
@@ -527,6 +574,7 @@ inline bool write_run_plots(const RunHistory& h, const std::string& run_dir, std
             for (const MoeStats& s : r.moe) grads = grads || !s.expert_grad_norm.empty();
         if (grads) figs.push_back({"expert_grad_norms.png", expert_grad_norm_figure(h)});
         figs.push_back({"load_histogram.png", load_histogram_figure(h)});
+        if (history_has_bias(h)) figs.push_back({"bias.png", bias_figure(h)});
     }
     bool ok = true;
     for (const auto& [name, fig] : figs) {

@@ -72,6 +72,7 @@ struct RunSetup {
 inline std::vector<TensorShape> model_shapes(const ModelConfig& mc) {
     std::vector<TensorShape> shapes;
     for (const auto& p : model_parameter_table(mc)) shapes.push_back({p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end())});
+    for (const auto& p : model_buffer_table(mc)) shapes.push_back({p.name, std::vector<int64_t>(p.shape.begin(), p.shape.end())});
     return shapes;
 }
 
@@ -114,11 +115,7 @@ inline RunSetup setup_run(int argc, char** argv, const Backend& backend) {
 
     // ---- 3. the model's tensors against the checkpoint
     const std::vector<TensorShape> shapes = model_shapes(cfg);
-    for (const auto& s : shapes) {
-        size_t n = 1;
-        for (int64_t d : s.shape) n *= (size_t)d;
-        run.total_params += n;
-    }
+    for (const auto& p : model_parameter_table(cfg)) run.total_params += p.numel;  // (not the selection biases)
     run.active_params = active_parameters(cfg, run.total_params);
     if (run.resuming) {
         if (!check_resume_tensors(run.checkpoint, shapes, error)) bad_input("--resume " + error);

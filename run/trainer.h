@@ -83,6 +83,19 @@ inline void load_checkpoint_into(Model& m, const Checkpoint& c) {
         CUDA_CHECK(cudaMemcpy(m.adam_m + p.offset, mm.data(), p.numel * sizeof(float), cudaMemcpyHostToDevice));
         CUDA_CHECK(cudaMemcpy(m.adam_v + p.offset, vv.data(), p.numel * sizeof(float), cudaMemcpyHostToDevice));
     }
+    for (const auto& b : m.buffers) {  // --bias-rate's selection biases (no moments)
+        std::vector<float> value = c.model.find(b.name)->floats();
+        CUDA_CHECK(cudaMemcpy(m.router_bias + b.offset, value.data(), b.numel * sizeof(float), cudaMemcpyHostToDevice));
+    }
+}
+
+// The model's non-parameter tensors (model_buffer_table: the selection biases), as safetensors.
+inline std::vector<safetensors::Tensor> model_buffer_tensors(const Model& m) {
+    std::vector<safetensors::Tensor> out;
+    if (m.buffers.empty()) return out;
+    const std::vector<float> bias = device_to_host(m.router_bias, (size_t)m.cfg.layers * m.cfg.experts);
+    for (const auto& b : m.buffers) out.push_back(make_tensor(b, bias.data()));
+    return out;
 }
 
 inline void save_checkpoint(const Model& m, const std::string& dir, const TrainConfig& cfg, const TextData& data,
@@ -97,6 +110,7 @@ inline void save_checkpoint(const Model& m, const std::string& dir, const TrainC
         state.m.push_back(make_tensor(p, mom1.data()));
         state.v.push_back(make_tensor(p, mom2.data()));
     }
+    for (auto& b : model_buffer_tensors(m)) weights.tensors.push_back(std::move(b));
     state.step = step;
     state.data_hash = data.hash;
     state.train_rng = dl.train_rng;
@@ -171,6 +185,7 @@ inline void dump_state(Model& m, const TrainConfig& cfg, const TextData& data, c
         g.name = "grad." + p.name;
         f.tensors.push_back(std::move(g));
     }
+    for (auto& b : model_buffer_tensors(m)) f.tensors.push_back(std::move(b));  // the selection biases (no gradient)
     f.add_i32("inputs", {B, T}, x.data());
     f.add_i32("targets", {B, T}, y.data());
     f.add_f32("logits", {B, T, V}, device_to_host(m.logits, (size_t)N * V).data());
@@ -301,16 +316,20 @@ struct TrainingRun {
                human_duration(eta).c_str());
         std::vector<MoeStats> stats;  // the routing of this step, every layer (after the timing)
         if (cfg.moe()) {
-            double drop = 0, entropy = 0, imbalance = 0;
+            double drop = 0, entropy = 0, imbalance = 0, bias_range = 0;
             for (int l = 0; l < cfg.layers; l++) {
                 moe_stats_compute(moe_stats[l], m.blocks[l].moe, m.g.blocks[l].moe, m.cfg, B * T, cfg.ep_ranks);
                 stats.push_back(moe_stats_read(moe_stats[l], m.cfg, B * T, cfg.ep_ranks));
+                if (m.w.blocks[l].moe.router_bias)  // --bias-rate: b after this step's update (E floats)
+                    moe_stats_set_bias(stats.back(), device_to_host(m.w.blocks[l].moe.router_bias, (size_t)cfg.experts));
+                bias_range = std::max(bias_range, stats.back().bias_range);
                 drop += stats.back().drop_rate / cfg.layers;
                 entropy += stats.back().router_entropy / cfg.layers;
                 imbalance = std::max(imbalance, stats.back().load_imbalance);
             }
             record.raw("moe", moe_layers_json(stats));
             printf(" | drop %.1f%% | H %.2f | imb %.2f", 100 * drop, entropy, imbalance);
+            if (m.router_bias) printf(" | bias range %.3g", bias_range);  // the largest over layers
         }
         printf("\n");
         history.log_train(done, last.ce, lr, std::move(stats), last.total, grad_norm, tokens_per_s);
@@ -353,6 +372,14 @@ struct TrainingRun {
             .num("tokens_per_s", std::round((double)cfg.batch * cfg.block_size * trained / std::max(clock.train_seconds, 1e-9)));
         for (const auto& [k, v] : summary_metrics(history)) summary.num(k, v);
         if (!specialisation_json.empty()) summary.raw("specialisation", specialisation_json);
+        if (!m.buffers.empty()) {  // --bias-rate: the final selection bias of every layer, [L][E]
+            const std::vector<float> bias = device_to_host(m.router_bias, (size_t)cfg.layers * cfg.experts);
+            std::string rows = "[";
+            for (int l = 0; l < cfg.layers; l++)
+                rows += (l ? "," : "") + diagnostics_json_array(std::vector<float>(bias.begin() + (size_t)l * cfg.experts,
+                                                                                   bias.begin() + (size_t)(l + 1) * cfg.experts));
+            summary.raw("router_bias", rows + "]");
+        }
         JsonObject config_json;
         for (const auto& [k, v] : config_to_metadata(cfg)) config_json.str(k, v);
         summary.raw("config", config_json.str());
