@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
     Model m;
     model_build(m, cfg, cfg.batch, cfg.block_size, (uint64_t)cfg.seed);  // cfg is the ModelConfig
     if (!cfg.dump_state.empty()) {
-        dump_state(m, cfg, setup.data, cfg.dump_state);
+        dump_state(m, cfg, setup.data, cfg.dump_state, setup.resuming ? &setup.checkpoint : nullptr);
         model_free(m);
         return 0;
     }

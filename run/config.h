@@ -71,7 +71,7 @@ inline const std::vector<FlagSpec>& flag_table() {
          "training text (any file; characters = bytes), or \"synthetic\" for the built-in multi-domain corpus"},
         {"out",              &C::out,              "",      "",      false, "run directory (empty: runs/<YYYYmmdd-HHMMSS>; with --resume: the checkpoint's directory)"},
         {"resume",           &C::resume,           "",      "",      false, "continue the run of this model.safetensors (its state.safetensors sits beside it)"},
-        {"dump-state",       &C::dump_state,       "",      "",      false, "write one forward+backward pass of the initial model to this safetensors file and exit"},
+        {"dump-state",       &C::dump_state,       "",      "",      false, "write one forward+backward pass of the initial model (with --resume: the checkpoint's model on its next batch) to this safetensors file and exit"},
         {"device",           &C::device,           "auto",  "auto",  false, "cpu | gpu | auto (the backend this binary was built for)"},
         {"layers",           &C::layers,           "4",     "6",     true,  "transformer blocks"},
         {"heads",            &C::heads,            "4",     "6",     true,  "attention heads (must divide --dim)"},
@@ -371,6 +371,13 @@ inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
                          c.entropy_coef != 0 || c.groups != 1;
     if (c.experts == 0 && variant)
         return fail("the routing flags (--gate, --routing, --overflow, --bias-rate, --entropy-coef, --groups) need --experts > 0");
+    // Impossible combinations first, so their message does not depend on what has landed.
+    if (c.expert_choice()) {
+        if (c.bias_rate != 0) return fail("--routing expert cannot be combined with --bias-rate (experts choose their tokens: there is no token-side selection to bias)");
+        if (c.reroute()) return fail("--routing expert cannot be combined with --overflow reroute (every expert takes exactly its capacity)");
+        if (c.experts > 0 && !(c.capacity_factor > 0))
+            return fail("--routing expert needs --capacity-factor > 0 (it sets how many tokens each expert takes)");
+    }
     // Variants whose kernels have not landed yet are refused rather than silently ignored.
     // (Each implementation removes its line here.)
     if (c.sigmoid_gate()) return fail("--gate sigmoid is not implemented yet");
@@ -378,12 +385,6 @@ inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
     if (c.reroute()) return fail("--overflow reroute is not implemented yet");
     if (c.entropy_coef != 0) return fail("--entropy-coef is not implemented yet");
     if (c.groups != 1) return fail("--groups is not implemented yet");
-    if (c.expert_choice()) {
-        if (c.bias_rate != 0) return fail("--routing expert cannot be combined with --bias-rate (experts choose their tokens: there is no token-side selection to bias)");
-        if (c.reroute()) return fail("--routing expert cannot be combined with --overflow reroute (every expert takes exactly its capacity)");
-        if (c.experts > 0 && !(c.capacity_factor > 0))
-            return fail("--routing expert needs --capacity-factor > 0 (it sets how many tokens each expert takes)");
-    }
     if (c.experts == 0) return true;
     // The capacity is a count of tokens (an int): N fits one here, cf*N*K/E must too.
     if (c.capacity_factor * N * c.top_k / c.experts > limit)

@@ -358,6 +358,9 @@ inline bool read_checkpoint(const std::string& model_path, bool gpu_backend, Che
     for (const auto& f : flag_table()) {
         if (!f.trajectory) continue;
         auto it = c.state.config.find(f.name);
+        // absent from both files: a field added after the checkpoint was written (config_from_metadata
+        // has given it its default; it fails there for any other field)
+        if (it == c.state.config.end() && !c.model.meta(f.name)) continue;
         TrainConfig state_config = c.config;
         if (it == c.state.config.end() || !set_flag_value(state_config, f, it->second, why) ||
             get_flag_value(state_config, f) != get_flag_value(c.config, f))

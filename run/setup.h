@@ -92,7 +92,6 @@ inline RunSetup setup_run(int argc, char** argv, const Backend& backend) {
     }
     run.resuming = !cli.resume.empty();
     if (run.resuming) {
-        if (!cli.dump_state.empty()) bad_input("--dump-state writes the initial model; it cannot be combined with --resume");
         if (!read_checkpoint(cli.resume, backend.gpu, run.checkpoint, error)) bad_input("--resume " + error);
         if (!merge_resume_config(cli, run.checkpoint.config, cfg, error)) bad_input(error);
     } else {
@@ -120,10 +119,11 @@ inline RunSetup setup_run(int argc, char** argv, const Backend& backend) {
     if (run.resuming) {
         if (!check_resume_tensors(run.checkpoint, shapes, error)) bad_input("--resume " + error);
         run.start_step = run.checkpoint.step;
-        if (run.start_step >= cfg.steps)
+        // --dump-state with --resume trains nothing: any checkpoint can be dumped, a finished run's too.
+        if (run.start_step >= cfg.steps && cfg.dump_state.empty())
             bad_input("--resume: the checkpoint is at step " + std::to_string(run.start_step) + " of " +
                       std::to_string(cfg.steps) + ": that run is already complete");
-        if (cfg.stop_at > 0 && cfg.stop_at <= run.start_step)
+        if (cfg.stop_at > 0 && cfg.stop_at <= run.start_step && cfg.dump_state.empty())
             bad_input("--stop-at " + std::to_string(cfg.stop_at) + " is not after the checkpoint's step " +
                       std::to_string(run.start_step));
     }

@@ -165,13 +165,25 @@ inline std::string generate(Model& m, const std::string& vocab, Rng& rng, int le
 
 // --dump-state (docs/model.md, 30. State dump): one forward + backward on the first training batch
 // with the initial weights; every weight and gradient, the batch, the logits, the losses, the routing.
-inline void dump_state(Model& m, const TrainConfig& cfg, const TextData& data, const std::string& path) {
+// With --resume (`checkpoint` not null): the checkpoint's model (weights, and whatever else the
+// model holds, loaded exactly as a resumed run loads it) on the batch that run would train next
+// (the checkpoint's batch generator), with that step's router noise (the draw of step
+// `checkpoint->step`): the dump's losses are the ones the resumed run's first step computes.
+inline void dump_state(Model& m, const TrainConfig& cfg, const TextData& data, const std::string& path,
+                       const Checkpoint* checkpoint = nullptr) {
     const int B = cfg.batch, T = cfg.block_size, N = B * T, V = m.cfg.vocab_size;
     DataLoader dl;
     dl.init(data, B, T, (uint64_t)cfg.seed);
+    long step = 0;  // the step whose batch and noise the dump sees
+    if (checkpoint) {
+        load_checkpoint_into(m, *checkpoint);
+        dl.train_rng = checkpoint->state.train_rng;
+        step = (long)checkpoint->step;
+        printf("resume | state dump of %s at step %ld: the batch and router noise of step %ld\n", cfg.resume.c_str(), step, step + 1);
+    }
     std::vector<int32_t> x(N), y(N);
     dl.next_train(x.data(), y.data());
-    model_forward(m, x.data(), y.data(), B, T, true, 0);
+    model_forward(m, x.data(), y.data(), B, T, true, step);
     model_zero_grad(m);
     model_backward(m);
     Losses losses = model_read_losses(m);

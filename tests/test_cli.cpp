@@ -466,3 +466,95 @@ TEST_F(Cli, DumpStateWritesTheSpecTensorsAndNoRun) {
     ASSERT_EQ(r2.status, 0) << r2.err;
     EXPECT_EQ(read_file(path), read_file(path + "2"));
 }
+
+// The routing variants' impossible combinations (docs/model.md, 31. Routing variants): each is bad
+// input with its one line, exit status 2, and nothing written (no run directory).
+TEST_F(Cli, ImpossibleRoutingCombinationsAreRejected) {
+    struct Case {
+        std::vector<std::string> flags;
+        std::string message;
+    };
+    const std::vector<Case> cases = {
+        {{"--routing", "expert", "--bias-rate", "0.001"}, "--routing expert cannot be combined with --bias-rate"},
+        {{"--routing", "expert", "--overflow", "reroute"}, "--routing expert cannot be combined with --overflow reroute"},
+        {{"--routing", "expert", "--capacity-factor", "0"}, "--routing expert needs --capacity-factor > 0"},
+        {{"--groups", "3"}, "--groups 3 does not divide --batch 2"},
+        {{"--groups", "2", "--batch", "5"}, "--groups 2 does not divide --batch 5"},
+        {{"--groups", "0"}, "--groups must be at least 1 (got 0)"},
+        {{"--groups", "-1"}, "--groups must be at least 1 (got -1)"},
+        {{"--gate", "relu"}, "--gate must be softmax or sigmoid (got \"relu\")"},
+        {{"--gate", ""}, "--gate must be softmax or sigmoid (got \"\")"},
+        {{"--routing", "tokens"}, "--routing must be token or expert (got \"tokens\")"},
+        {{"--overflow", "spill"}, "--overflow must be drop or reroute (got \"spill\")"},
+        {{"--bias-rate", "-0.001"}, "--bias-rate must not be negative (got -0.001)"},
+        {{"--entropy-coef", "x"}, "--entropy-coef: \"x\" is not a number"},
+    };
+    const std::string routing_flags_need_experts =
+        "the routing flags (--gate, --routing, --overflow, --bias-rate, --entropy-coef, --groups) need --experts > 0";
+    std::vector<Case> all = cases;
+    for (const auto& flags : std::vector<std::vector<std::string>>{{"--gate", "sigmoid"},
+                                                                   {"--routing", "expert"},
+                                                                   {"--overflow", "reroute"},
+                                                                   {"--bias-rate", "0.001"},
+                                                                   {"--entropy-coef", "0.01"},
+                                                                   {"--entropy-coef", "-0.01"},
+                                                                   {"--groups", "2"}}) {
+        std::vector<std::string> f = flags;
+        f.insert(f.end(), {"--experts", "0"});
+        all.push_back({f, routing_flags_need_experts});
+    }
+    for (size_t i = 0; i < all.size(); i++) {
+        const std::string out = dir + "/bad_routing" + std::to_string(i), dump = out + ".safetensors";
+        std::vector<std::string> more = {"--out", out};
+        more.insert(more.end(), all[i].flags.begin(), all[i].flags.end());
+        expect_rejected(tiny(more), all[i].message);
+        EXPECT_FALSE(path_exists(out)) << all[i].message;
+        // the same with --dump-state: no dump either
+        more.insert(more.end(), {"--dump-state", dump});
+        expect_rejected(tiny(more), all[i].message);
+        EXPECT_FALSE(path_exists(dump)) << all[i].message;
+    }
+    // The defaults spelled out are the defaults: accepted, and the same dump as none given.
+    const std::string plain = dir + "/routing_plain.safetensors", spelled = dir + "/routing_spelled.safetensors";
+    Result a = run(tiny({"--dump-state", plain}));
+    Result b = run(tiny({"--dump-state", spelled, "--gate", "softmax", "--routing", "token", "--overflow", "drop",
+                         "--bias-rate", "0", "--entropy-coef", "0", "--groups", "1"}));
+    ASSERT_EQ(a.status, 0) << a.err;
+    ASSERT_EQ(b.status, 0) << b.err;
+    EXPECT_EQ(read_file(plain), read_file(spelled));
+}
+
+// A checkpoint written before the routing flags existed (its metadata without gate, routing,
+// overflow, bias-rate, entropy-coef, groups) resumes with their defaults and continues exactly.
+TEST_F(Cli, CheckpointWithoutRoutingKeysResumes) {
+    auto args = [&](const std::string& out, std::vector<std::string> more = {}) {
+        std::vector<std::string> a = tiny({"--out", out, "--steps", "4", "--log-every", "1", "--plots", "0"});
+        a.insert(a.end(), more.begin(), more.end());
+        return a;
+    };
+    const std::string whole = dir + "/old_whole", old = dir + "/old_stopped";
+    Result rw = run(args(whole)), rs = run(args(old, {"--stop-at", "2"}));
+    ASSERT_EQ(rw.status, 0) << rw.err;
+    ASSERT_EQ(rs.status, 0) << rs.err;
+    const char* added_later[] = {"gate", "routing", "overflow", "bias-rate", "entropy-coef", "groups"};
+    for (const char* name : {"/model.safetensors", "/state.safetensors"}) {
+        safetensors::File f;
+        std::string err;
+        ASSERT_TRUE(safetensors::read(old + name, f, err)) << err;
+        for (const char* key : added_later) {
+            ASSERT_NE(f.meta(key), nullptr) << name << " " << key;  // a fresh checkpoint has them all
+            f.metadata.erase(key);
+        }
+        ASSERT_TRUE(safetensors::write(old + name, f, err)) << err;
+    }
+    Result rr = run({"--resume", old + "/model.safetensors"});
+    ASSERT_EQ(rr.status, 0) << rr.err;
+    EXPECT_EQ(losses_of(old + "/metrics.jsonl"), losses_of(whole + "/metrics.jsonl"));
+    EXPECT_EQ(read_file(old + "/model.safetensors"), read_file(whole + "/model.safetensors"));
+    safetensors::File resumed;
+    std::string err;
+    ASSERT_TRUE(safetensors::read(old + "/model.safetensors", resumed, err)) << err;
+    for (const char* key : added_later) EXPECT_NE(resumed.meta(key), nullptr) << key;  // written again
+    EXPECT_EQ(*resumed.meta("gate"), "softmax");
+    EXPECT_EQ(*resumed.meta("groups"), "1");
+}
