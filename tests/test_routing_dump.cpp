@@ -277,3 +277,28 @@ TEST_F(ResumeDump, FinishedRunsCheckpointAndItsChecks) {
     EXPECT_NE(bad.err.find("the checkpoint was trained with --dim 16, not 32"), std::string::npos) << bad.err;
     EXPECT_FALSE(path_exists(refused));
 }
+
+// With --bias-rate the checkpoint's trained selection bias is part of the dumped model: the dump
+// holds it bit for bit, and its losses are still the resumed run's next step (the bias decides the
+// routing of that step).
+TEST_F(ResumeDump, HoldsTheCheckpointsBias) {
+    const std::string whole = dir + "/bias_whole", stopped = dir + "/bias_stopped", dump = dir + "/bias_dump.safetensors";
+    Ran rw = run(tiny({"--out", whole, "--bias-rate", "0.01"}));
+    ASSERT_EQ(rw.status, 0) << rw.err;
+    Ran rs = run(tiny({"--out", stopped, "--bias-rate", "0.01", "--stop-at", "3"}));
+    ASSERT_EQ(rs.status, 0) << rs.err;
+    Ran rd = run({"--resume", stopped + "/model.safetensors", "--dump-state", dump});
+    ASSERT_EQ(rd.status, 0) << rd.err;
+    const safetensors::File f = read(dump);
+    expect_checkpoint_weights(f, stopped + "/model.safetensors");  // the bias among them
+    const safetensors::Tensor* bias = f.find("h.0.moe.router.bias");
+    ASSERT_NE(bias, nullptr);
+    EXPECT_EQ(bias->shape, std::vector<int64_t>{4});
+    bool trained = false;
+    for (float b : bias->floats()) trained = trained || b != 0;
+    EXPECT_TRUE(trained) << "three steps of --bias-rate 0.01 left the bias at 0";
+    std::map<long long, json::Value> uninterrupted = records_by_step(whole + "/metrics.jsonl");
+    ASSERT_EQ(uninterrupted.count(4), 1u);
+    EXPECT_EQ(scalar(f, "loss.total"), logged(uninterrupted.at(4), "loss"));
+    EXPECT_EQ(scalar(f, "loss.aux"), logged(uninterrupted.at(4), "aux"));
+}
