@@ -2,7 +2,7 @@
 //
 // x = wte[idx] + wpe[t]
 // for each block:  x = x + attn(LN1(x));   x = x + FFN(LN2(x))      (FFN dense or MoE)
-// logits = LN_f(x) wte^T;  loss = CE + aux_coef * sum aux + z_coef * sum z
+// logits = LN_f(x) wte^T;  loss = CE + aux_coef * sum aux + z_coef * sum z - entropy_coef * sum H
 //
 // Memory follows llm.c: parameters, gradients, AdamW moments and activations each live in one
 // device allocation; every tensor is a named view into it. The tensor names are those of
@@ -97,7 +97,7 @@ struct Model {
     float* logits = nullptr;                // (N, V)
     float* dlogits = nullptr;               // (N, V)
     float* token_losses = nullptr;          // (N)
-    float* losses = nullptr;                // (4): total, ce, aux (sum over layers), z (sum over layers)
+    float* losses = nullptr;                // (5): total, ce, aux, z, router entropy H (each summed over layers)
     // backward scratch
     float* dresidual = nullptr;             // (N, C)
     float* dln = nullptr;                   // (N, C)
@@ -205,7 +205,7 @@ inline void model_for_each_activation(Model& m, int B, int T, FloatFn f, IntFn i
         }
     }
     f(m.lnf, N * C); f(m.lnf_mean, N); f(m.lnf_rstd, N);
-    f(m.logits, N * V); f(m.dlogits, N * V); f(m.token_losses, N); f(m.losses, (size_t)4);
+    f(m.logits, N * V); f(m.dlogits, N * V); f(m.token_losses, N); f(m.losses, (size_t)5);
     f(m.dresidual, N * C); f(m.dln, N * C); f(m.datty, N * C); f(m.dqkv, N * 3 * C);
     f(m.dfch, N * Fmax); f(m.dfch_gelu, N * Fmax);
     f(m.att_scratch, attention_scratch_floats(B, T, (int)C, c.heads));
@@ -268,9 +268,10 @@ inline void model_free(Model& m) {
 // ----------------------------------------------------------------------------------------------
 // small kernels that only the model needs
 
-// losses = [total, ce, aux sum, z sum] start as [ce, ce, 0, 0]; each MoE layer adds its share
-__global__ void losses_init_kernel(float* losses /*(4)*/, const float* ce /*(1)*/) {
-    losses[0] = ce[0]; losses[1] = ce[0]; losses[2] = 0.0f; losses[3] = 0.0f;
+// losses = [total, ce, aux sum, z sum, entropy sum] start as [ce, ce, 0, 0, 0]; each MoE layer adds
+// its share (the entropy only with --entropy-coef)
+__global__ void losses_init_kernel(float* losses /*(5)*/, const float* ce /*(1)*/) {
+    losses[0] = ce[0]; losses[1] = ce[0]; losses[2] = 0.0f; losses[3] = 0.0f; losses[4] = 0.0f;
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -331,12 +332,12 @@ inline void model_forward(Model& m, const int* inputs_host, const int* targets_h
     }
 }
 
-struct Losses { float total, ce, aux, z; };
+struct Losses { float total, ce, aux, z, entropy; };  // entropy: sum over layers of H (0 without --entropy-coef)
 // The only device-to-host copy of a training step, made at log steps.
 inline Losses model_read_losses(const Model& m) {
-    float h[4];
+    float h[5];
     CUDA_CHECK(cudaMemcpy(h, m.losses, sizeof(h), cudaMemcpyDeviceToHost));
-    return Losses{h[0], h[1], h[2], h[3]};
+    return Losses{h[0], h[1], h[2], h[3], h[4]};
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -4,11 +4,15 @@
 //   r_t = W_r u_t                                  router logits (N,E)
 //   h_t = r_t + eps_t * softplus(W_n u_t)          noisy logits, training only (else h = r)
 //   p_t = softmax(h_t)                             probabilities
+//         (--gate sigmoid: s_t = sigmoid(h_t) elementwise takes p_t's place in every line below, and
+//          pn_t = s_t / sum_i s_t[i] is the normalised score the aux loss and the entropy use;
+//          with softmax pn_t = p_t)
 //   e_t1..e_tK = the K largest p_t[i]              top-K, highest first, ties to the lower index
 //   g_tj = p_t[e_tj] / sum_j' p_t[e_tj']           gates (K > 1; with K = 1, g_t1 = p_t[e_t1])
-//   aux = E sum_i f_i P_i                          load balance, f_i = routed_i / (N K), P_i = mean_t p_t[i]
+//   aux = E sum_i f_i P_i                          load balance, f_i = routed_i / (N K), P_i = mean_t pn_t[i]
 //   z   = (1/N) sum_t logsumexp(r_t)^2             keeps the logits small
-//   loss += aux_coef * aux + z_coef * z
+//   H   = (1/N) sum_t -sum_i pn_t[i] ln pn_t[i]    router entropy (--entropy-coef c only)
+//   loss += aux_coef * aux + z_coef * z - entropy_coef * H
 //   with --bias-rate: top-K on p_t + b (gates still from p_t); b_i += gamma sign(NK/E - routed_i) after each update
 //
 // Each step's forward and backward are device functions side by side below; one kernel per
@@ -128,6 +132,55 @@ __device__ inline void router_softmax_backward(float* dp_to_dh, const float* p, 
 }
 
 // ----------------------------------------------------------------------------------------------
+// sigmoid scores (--gate sigmoid, DeepSeek-V3): each expert scored on its own
+//   s_i = sigmoid(h_i) = 1 / (1 + exp(-h_i))
+// backward:  dh_i = ds_i s_i (1 - s_i)                    (in place on ds)
+
+__device__ inline void router_sigmoid_scores(float* s, const float* h, int E) {
+    for (int i = 0; i < E; i++) s[i] = sigmoid(h[i]);
+}
+
+__device__ inline void router_sigmoid_backward(float* ds_to_dh, const float* s, int E) {
+    for (int i = 0; i < E; i++) ds_to_dh[i] = ds_to_dh[i] * (s[i] * (1.0f - s[i]));
+}
+
+// normalised scores (sigmoid gate; what the aux loss and the entropy see):
+//   pn_i = s_i / S,  S = sum_k s_k            (returns S; the sum runs in expert order)
+// backward:  ds_k = (dpn_k - sum_i pn_i dpn_i) / S       (in place on dpn)
+
+__device__ inline float router_normalise(float* pn, const float* s, int E) {
+    float sum = 0.0f;
+    for (int i = 0; i < E; i++) sum += s[i];
+    for (int i = 0; i < E; i++) pn[i] = s[i] / sum;
+    return sum;
+}
+
+__device__ inline void router_normalise_backward(float* dpn_to_ds, const float* pn, float score_sum, int E) {
+    float pdp = 0.0f;
+    for (int i = 0; i < E; i++) pdp += pn[i] * dpn_to_ds[i];
+    for (int i = 0; i < E; i++) dpn_to_ds[i] = (dpn_to_ds[i] - pdp) / score_sum;
+}
+
+// router entropy of one token (--entropy-coef):  H_t = -sum_i pn_i ln pn_i   (0 ln 0 = 0)
+// backward of the loss term -c H with H = (1/N) sum_t H_t:  dpn_i += (c/N) (ln pn_i + 1). The "+1"
+// is left out: a constant added to every dpn_i is removed exactly by the next stage (the softmax's
+// or the normalisation's "- sum_i pn_i dpn_i", since sum_i pn_i = 1). An expert with pn_i = 0 gets
+// no entropy gradient (its term's derivative p ln p -> 0 through either backward).
+
+__device__ inline float router_entropy(const float* pn, int E) {
+    float h = 0.0f;
+    for (int i = 0; i < E; i++)
+        if (pn[i] > 0.0f) h -= pn[i] * logf(pn[i]);
+    return h;
+}
+
+__device__ inline void router_entropy_backward(float* dpn, const float* pn, float entropy_coef, int N, int E) {
+    const float scale = entropy_coef / (float)N;
+    for (int i = 0; i < E; i++)
+        if (pn[i] > 0.0f) dpn[i] += scale * logf(pn[i]);
+}
+
+// ----------------------------------------------------------------------------------------------
 // top-K and gates:  e_1..e_K = the K largest p_i (highest first; equal values go to the lower
 // index i), g_j = p_{e_j} / D with D = sum_j' p_{e_j'} when K > 1, g_1 = p_{e_1} when K = 1.
 // backward (D counts every chosen expert, dropped ones too):
@@ -184,6 +237,7 @@ __device__ inline void router_top_k_backward(float* dp, const float* d_gates, co
 //   aux = E sum_i f_i P_i,   f_i = routed_i / (N K) (choices before capacity drops),  P_i = (1/N) sum_t p_t[i]
 //         1 for perfectly uniform routing; f is a count, so only P carries a gradient:
 //         d(aux_coef aux)/dp_t[i] = aux_coef E f_i / N
+//         (sigmoid gate: P_i = (1/N) sum_t pn_t[i], and the same value is d(aux_coef aux)/dpn_t[i])
 //   z   = (1/N) sum_t lse_t^2,   lse_t = logsumexp_i r_t[i]   (on the clean logits r)
 //         d(z_coef z)/dr_t[i] = z_coef (2/N) lse_t softmax(r_t)_i
 
@@ -209,17 +263,22 @@ __device__ inline void z_loss_backward(float* dr, const float* dh, const float* 
 }
 
 // Both losses of one layer (one block, fixed-order reductions). Warp w sums the rows t = w, w+W,
-// ... of p (lane l: columns l and l + 32); thread i then adds the W warp partials of column i in
+// ... of pn (lane l: columns l and l + 32); thread i then adds the W warp partials of column i in
 // warp order, and thread 0 finishes both sums. One block is enough: the work is N*E adds.
+// With the entropy bonus, H = (1/N) sum_t H_t is summed like z (thread-strided partials, then
+// thread 0 in thread order) from the per-token entropies of the route kernel.
 __global__ void moe_router_losses_kernel(float* aux,          // (1)
                                          float* z,            // (1)
-                                         const float* probs,  // (N,E)
+                                         const float* probs,  // (N,E) pn (= p with softmax)
                                          const float* lse,    // (N)
                                          const int* routed,   // (E)
-                                         int N, int E, int K) {
+                                         int N, int E, int K,
+                                         const float* token_entropy,  // (N) H_t   (nullptr: no entropy)
+                                         float* entropy) {            // (1) H
     constexpr int block_size = 256, warps = block_size / 32;
     __shared__ float column_partial[warps][MOE_MAX_EXPERTS];
     __shared__ float z_partial[block_size];
+    __shared__ float entropy_partial[block_size];
     __shared__ float column_sum[MOE_MAX_EXPERTS];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     float a0 = 0.0f, a1 = 0.0f;
@@ -232,6 +291,11 @@ __global__ void moe_router_losses_kernel(float* aux,          // (1)
     float zs = 0.0f;
     for (int t = threadIdx.x; t < N; t += block_size) zs += lse[t] * lse[t];
     z_partial[threadIdx.x] = zs;
+    if (token_entropy) {
+        float hs = 0.0f;
+        for (int t = threadIdx.x; t < N; t += block_size) hs += token_entropy[t];
+        entropy_partial[threadIdx.x] = hs;
+    }
     __syncthreads();
     if ((int)threadIdx.x < E) {
         float s = 0.0f;
@@ -246,36 +310,55 @@ __global__ void moe_router_losses_kernel(float* aux,          // (1)
         float s = 0.0f;
         for (int i = 0; i < block_size; i++) s += z_partial[i];
         *z = s / (float)N;
+        if (token_entropy) {
+            float hs = 0.0f;
+            for (int i = 0; i < block_size; i++) hs += entropy_partial[i];
+            *entropy = hs / (float)N;
+        }
     }
 }
 
+// probs: the normalised scores pn (the probabilities p with softmax). token_entropy / entropy:
+// nullptr unless the entropy bonus is on.
 inline void moe_router_losses(float* aux, float* z, const float* probs, const float* lse, const int* routed, int N,
-                              int E, int K) {
-    moe_router_losses_kernel<<<1, 256>>>(aux, z, probs, lse, routed, N, E, K);
+                              int E, int K, const float* token_entropy = nullptr, float* entropy = nullptr) {
+    moe_router_losses_kernel<<<1, 256>>>(aux, z, probs, lse, routed, N, E, K, token_entropy, entropy);
     CUDA_CHECK(cudaGetLastError());
 }
 
-// The model's losses = [total, ce, aux summed over layers, z summed over layers] take this layer's
-// share: total += aux_coef aux + z_coef z. (One thread: four floats, no host round trip.)
-__global__ void moe_add_losses_kernel(float* losses,     // (4)
+// The model's losses = [total, ce, aux summed over layers, z summed over layers, entropy summed over
+// layers] take this layer's share: total += aux_coef aux + z_coef z (- entropy_coef H with the
+// entropy bonus; entropy nullptr: none). (One thread: five floats, no host round trip.)
+__global__ void moe_add_losses_kernel(float* losses,     // (5)
                                       const float* aux,  // (1)
                                       const float* z,    // (1)
-                                      float aux_coef, float z_coef) {
+                                      float aux_coef, float z_coef,
+                                      const float* entropy,  // (1) H   (nullptr: no entropy bonus)
+                                      float entropy_coef) {
     losses[0] += aux_coef * aux[0] + z_coef * z[0];
     losses[2] += aux[0];
     losses[3] += z[0];
+    if (entropy) {
+        losses[0] -= entropy_coef * entropy[0];
+        losses[4] += entropy[0];
+    }
 }
 
-inline void moe_add_losses(float* losses, const float* aux, const float* z, float aux_coef, float z_coef) {
-    moe_add_losses_kernel<<<1, 1>>>(losses, aux, z, aux_coef, z_coef);
+inline void moe_add_losses(float* losses, const float* aux, const float* z, float aux_coef, float z_coef,
+                           const float* entropy = nullptr, float entropy_coef = 0.0f) {
+    moe_add_losses_kernel<<<1, 1>>>(losses, aux, z, aux_coef, z_coef, entropy, entropy_coef);
     CUDA_CHECK(cudaGetLastError());
 }
 
 // ----------------------------------------------------------------------------------------------
 // the router, forward: logits -> (noise) -> softmax -> top-K -> gates, and lse for the z-loss
+// (sigmoid gate: logits -> (noise) -> sigmoid -> top-K -> gates, and pn = s / sum s; with the
+// entropy bonus, each token's H_t on pn as well)
 //
 // One thread per token: its E logits and probabilities live in registers (E <= MOE_MAX_EXPERTS);
-// the reads of a warp's 32 tokens are E floats apart, which the L1 cache absorbs for E <= 64.
+// the reads of a warp's 32 tokens are E floats apart, which the L1 cache absorbs for E <= 64. The
+// sigmoid path keeps a second E-float array (pn) in registers; sigmoid_gate is uniform across the
+// grid, so the branch never diverges within a warp.
 __global__ void moe_route_kernel(float* probs,              // (N,E)
                                  float* gates,              // (N,K)
                                  int* topk_idx,             // (N,K)
@@ -284,25 +367,43 @@ __global__ void moe_route_kernel(float* probs,              // (N,E)
                                  const float* noise_logits, // (N,E) n = W_n u   (nullptr: no noise)
                                  const float* eps,          // (N,E)             (nullptr: no noise)
                                  int N, int E, int K,
-                                 const float* bias) {       // (E) selection bias b   (nullptr: none)
+                                 const float* bias,         // (E) selection bias b   (nullptr: none)
+                                 bool sigmoid_gate,         // scores s = sigmoid(h) instead of p = softmax(h)
+                                 float* norm_probs,         // (N,E) pn = s / sum s   (nullptr: not kept)
+                                 float* token_entropy) {    // (N) H_t = H(pn_t)      (nullptr: not needed)
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= N) return;
     const long row = (long)t * E;
     const float* r = logits + row;
-    float h[MOE_MAX_EXPERTS], p[MOE_MAX_EXPERTS];
+    float h[MOE_MAX_EXPERTS], p[MOE_MAX_EXPERTS];  // p: the scores (softmax p or sigmoid s)
     router_noisy_logits(h, r, noise_logits ? noise_logits + row : nullptr, eps ? eps + row : nullptr, E);
-    router_softmax(p, h, E);
+    if (sigmoid_gate)
+        router_sigmoid_scores(p, h, E);
+    else
+        router_softmax(p, h, E);
     for (int i = 0; i < E; i++) probs[row + i] = p[i];
+    if (sigmoid_gate || token_entropy) {
+        float pn_sigmoid[MOE_MAX_EXPERTS];
+        const float* pn = p;  // softmax: pn = p
+        if (sigmoid_gate) {
+            router_normalise(pn_sigmoid, p, E);
+            pn = pn_sigmoid;
+            if (norm_probs)
+                for (int i = 0; i < E; i++) norm_probs[row + i] = pn[i];
+        }
+        if (token_entropy) token_entropy[t] = router_entropy(pn, E);
+    }
     lse[t] = router_logsumexp(r, E);
     router_top_k(topk_idx + (long)t * K, gates + (long)t * K, p, E, K, bias);
 }
 
 inline void moe_route(float* probs, float* gates, int* topk_idx, float* lse, const float* logits,
                       const float* noise_logits, const float* eps, int N, int E, int K,
-                      const float* bias = nullptr) {
+                      const float* bias = nullptr, bool sigmoid_gate = false, float* norm_probs = nullptr,
+                      float* token_entropy = nullptr) {
     const int block_size = 64;
     moe_route_kernel<<<ceil_div(N, block_size), block_size>>>(probs, gates, topk_idx, lse, logits, noise_logits, eps,
-                                                             N, E, K, bias);
+                                                             N, E, K, bias, sigmoid_gate, norm_probs, token_entropy);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -310,6 +411,9 @@ inline void moe_route(float* probs, float* gates, int* topk_idx, float* lse, con
 // the router, backward: the same steps in reverse, one thread per token
 //   dp = aux gradient;  dp += gates' gradient (dg from the combine);  dh = softmax backward;
 //   dr = dh + z gradient;  dn = noise backward of dh
+// With the entropy bonus, dpn += its gradient after the aux's. With the sigmoid gate, the aux and
+// entropy gradients are on pn: ds = normalisation backward of dpn (pn recomputed from s by the
+// forward's own function, so the same bits), then ds += gates' gradient, dh = sigmoid backward.
 __global__ void moe_router_backward_kernel(float* d_logits,            // (N,E)
                                            float* d_noise_logits,      // (N,E)  (nullptr: no noise)
                                            const float* d_gates,       // (N,K)  dL/dg from the combine
@@ -321,15 +425,29 @@ __global__ void moe_router_backward_kernel(float* d_logits,            // (N,E)
                                            const float* noise_logits,  // (N,E)
                                            const float* eps,           // (N,E)
                                            const int* routed,          // (E)
-                                           int N, int E, int K, float aux_coef, float z_coef) {
+                                           int N, int E, int K, float aux_coef, float z_coef,
+                                           bool sigmoid_gate, float entropy_coef) {
     const int t = blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= N) return;
     const long row = (long)t * E, choices = (long)t * K;
-    const float* p = probs + row;
-    float d[MOE_MAX_EXPERTS];  // dp, then dh in place
+    const float* p = probs + row;  // the scores: softmax p, or sigmoid s
+    float d[MOE_MAX_EXPERTS];  // dpn, then dp (ds), then dh in place
     aux_loss_backward(d, routed, aux_coef, N, E, K);
+    if (sigmoid_gate || entropy_coef != 0.0f) {
+        float pn_sigmoid[MOE_MAX_EXPERTS], score_sum = 1.0f;
+        const float* pn = p;  // softmax: pn = p
+        if (sigmoid_gate) {
+            score_sum = router_normalise(pn_sigmoid, p, E);
+            pn = pn_sigmoid;
+        }
+        if (entropy_coef != 0.0f) router_entropy_backward(d, pn, entropy_coef, N, E);
+        if (sigmoid_gate) router_normalise_backward(d, pn, score_sum, E);
+    }
     router_top_k_backward(d, d_gates + choices, gates + choices, topk_idx + choices, p, K);
-    router_softmax_backward(d, p, E);
+    if (sigmoid_gate)
+        router_sigmoid_backward(d, p, E);
+    else
+        router_softmax_backward(d, p, E);
     z_loss_backward(d_logits + row, d, logits + row, lse[t], z_coef, N, E);
     if (d_noise_logits) router_noisy_logits_backward(d_noise_logits + row, d, noise_logits + row, eps + row, E);
 }
@@ -337,11 +455,12 @@ __global__ void moe_router_backward_kernel(float* d_logits,            // (N,E)
 inline void moe_router_backward(float* d_logits, float* d_noise_logits, const float* d_gates, const float* probs,
                                 const float* gates, const int* topk_idx, const float* logits, const float* lse,
                                 const float* noise_logits, const float* eps, const int* routed, int N, int E, int K,
-                                float aux_coef, float z_coef) {
+                                float aux_coef, float z_coef, bool sigmoid_gate = false, float entropy_coef = 0.0f) {
     const int block_size = 64;
     moe_router_backward_kernel<<<ceil_div(N, block_size), block_size>>>(d_logits, d_noise_logits, d_gates, probs,
                                                                        gates, topk_idx, logits, lse, noise_logits,
-                                                                       eps, routed, N, E, K, aux_coef, z_coef);
+                                                                       eps, routed, N, E, K, aux_coef, z_coef,
+                                                                       sigmoid_gate, entropy_coef);
     CUDA_CHECK(cudaGetLastError());
 }
 
