@@ -169,7 +169,30 @@ struct MoeStats {  // per MoE layer, per logged step (host copy)
     double cross_rank_bytes = 0;  // 2 * 4 * C * cross_rank_choices
     std::vector<float> bias;      // (E) --bias-rate's selection bias b after the step; empty when off
     double bias_range = 0;        // max_i b_i - min_i b_i (0 when off)
+    // --overflow reroute: choices placed by rerouting in each round r = 1 .. E-K (empty otherwise);
+    // tokens_routed then counts the ORIGINAL choices (before capacity and rerouting), tokens_kept the final ones
+    std::vector<int> rerouted_per_round;
+    long rerouted_choices = 0;    // their sum
 };
+
+// Rerouting (host copies of the layer's tokens_per_expert_routed (E) and reroute_placed (E-K, E))
+// into the statistics: the per-round placements, and routed = the original choices (the token
+// kernel counted the final experts).
+inline void moe_stats_set_reroute(MoeStats& s, const std::vector<int>& routed_original,
+                                  const std::vector<int>& placed_per_round_expert) {
+    const int E = (int)routed_original.size(), rounds = E > 0 ? (int)placed_per_round_expert.size() / E : 0;
+    s.tokens_routed = routed_original;
+    s.rerouted_per_round.assign(rounds, 0);
+    s.rerouted_choices = 0;
+    for (int r = 0; r < rounds; r++) {
+        for (int e = 0; e < E; e++) s.rerouted_per_round[r] += placed_per_round_expert[(size_t)r * E + e];
+        s.rerouted_choices += s.rerouted_per_round[r];
+    }
+    int max_routed = 0;
+    for (int x : s.tokens_routed) max_routed = std::max(max_routed, x);
+    const double choices = (double)s.N * s.K;
+    s.load_imbalance = choices > 0 ? max_routed / (choices / E) : 0.0;
+}
 
 // The selection bias of a layer (host copy) into its statistics: b and its range.
 inline void moe_stats_set_bias(MoeStats& s, const std::vector<float>& bias) {
@@ -491,6 +514,10 @@ inline std::string moe_stats_json(const MoeStats& s) {
     if (!s.bias.empty()) {  // --bias-rate only
         j += ",\"bias\":" + diagnostics_json_array(s.bias);
         j += ",\"bias_range\":" + diagnostics_json_number(s.bias_range);
+    }
+    if (!s.rerouted_per_round.empty()) {  // --overflow reroute only
+        j += ",\"rerouted_per_round\":" + diagnostics_json_array(s.rerouted_per_round);
+        j += ",\"rerouted_choices\":" + std::to_string(s.rerouted_choices);
     }
     return j + "}";
 }

@@ -49,8 +49,13 @@ struct ModelConfig {
 //   capacity = ceil(capacity_factor * (N/G) * K / E), computed in double, left to right;
 // without a limit (capacity_factor <= 0) every token fits: capacity = N/G. With expert choice the
 // capacity is also capped at N/G (an expert cannot take a token twice).
+// The token groups of a pass of N tokens: --groups G when G divides N (every training and
+// evaluation batch: G divides B), else 1 (a pass G does not divide, e.g. sampling one sequence of
+// odd length, routes as one group rather than leave tokens outside every group).
+inline int token_groups(const ModelConfig& c, long N) { return N % c.groups == 0 ? c.groups : 1; }
+
 inline int expert_capacity(const ModelConfig& c, long N) {
-    const long group_tokens = N / c.groups;
+    const long group_tokens = N / token_groups(c, N);
     if (c.capacity_factor <= 0.0) return (int)group_tokens;
     const int cap = (int)std::ceil(c.capacity_factor * (double)group_tokens * (double)c.top_k / (double)c.experts);
     return c.expert_choice() ? (int)std::min<long>(cap, group_tokens) : cap;
@@ -60,7 +65,8 @@ inline int expert_capacity(const ModelConfig& c, long N) {
 // than N/G tokens of a group, whatever the capacity; the buffer holds the G groups' rows one group
 // after the other.
 inline int expert_buffer_rows(const ModelConfig& c, long N) {
-    return c.groups * (int)std::min<long>(expert_capacity(c, N), N / c.groups);
+    const int G = token_groups(c, N);
+    return G * (int)std::min<long>(expert_capacity(c, N), N / G);
 }
 
 // Parameters of one FFN of hidden width H on width C: two matrices and two biases.

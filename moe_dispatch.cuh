@@ -12,66 +12,87 @@
 // ----------------------------------------------------------------------------------------------
 // capacity
 //
-// Priority order of the choices: q = j*N + t (every token's first choice in token order, then
-// every second choice, ...). For expert e, the k-th choice in that order that picked e gets slot k
-// and is kept when k < capacity; the rest are dropped (their token gets nothing from expert e).
-// Also counts routed_e (choices for e) and kept_e (min(routed_e, capacity)).
+// Token groups (--groups G; G = 1 by default): group g holds the tokens g*Ng .. (g+1)*Ng - 1,
+// Ng = N/G, and every expert has `capacity` slots in EACH group. The layout of an expert's buffer
+// (R = buffer_rows = G*Rg rows, Rg = min(capacity, Ng)): group g owns the rows g*Rg .. (g+1)*Rg - 1,
+// filled from the front (slot k of group g is row g*Rg + k); rows past a group's last slot are
+// empty (-1 in slot_choice). Everything that assigns rows (this step, the reroute rounds of
+// moe_reroute.cuh, expert choice) uses this layout; slot[c] is always the row in the whole buffer.
 //
-// One block per expert. Thread i owns a contiguous chunk of q and counts the choices for e in it;
-// an exclusive scan of the per-thread counts (one thread, in shared memory: a few dozen adds) gives
-// each thread the number of earlier choices for e, and a second pass over its chunk hands out the
-// slots. Integer work only; E blocks is a small grid, but the whole step is a few microseconds.
+// Priority order of the choices inside group g: q = j*Ng + (t - g*Ng) (the group's first choices in
+// token order, then its second choices, ...). For expert e, the k-th choice of group g in that
+// order that picked e gets slot k of group g and is kept when k < capacity; the rest are dropped
+// (their token gets nothing from expert e). Also counts routed_e (choices for e, all groups) and
+// kept_e (sum over the groups of min(routed_eg, capacity)), and, when group_fill is given, the
+// slots used in each group (the reroute rounds continue from there).
+//
+// One block per expert, walking the G groups in order. Thread i owns a contiguous chunk of the
+// group's q and counts the choices for e in it; an exclusive scan of the per-thread counts (one
+// thread, in shared memory: a few dozen adds) gives each thread the number of earlier choices for
+// e, and a second pass over its chunk hands out the slots. Integer work only; E blocks is a small
+// grid, but the whole step is a few microseconds. (A grid of E*G blocks would spread the groups over
+// more multiprocessors, at the price of a second pass summing the per-group counts.)
 __global__ void moe_capacity_kernel(int* kept,             // (N,K)   1 kept, 0 dropped
                                     int* slot,             // (N,K)   row in the expert's buffer, -1 dropped
                                     int* slot_choice,      // (E,R)   choice c held by each row, -1 empty
                                     int* routed,           // (E)     choices per expert before capacity
                                     int* kept_count,       // (E)     after capacity
+                                    int* group_fill,       // (E,G)   slots used per group (nullptr: not wanted)
                                     const int* topk_idx,   // (N,K)
-                                    int N, int K, int capacity, int R) {
+                                    int N, int K, int capacity, int R, int groups) {
     extern __shared__ int offsets[];  // (blockDim.x + 1)
     const int e = blockIdx.x;
-    const int total = N * K;
+    const int group_tokens = N / groups, group_rows = R / groups;
+    const int total = group_tokens * K;
     const int chunk = (total + blockDim.x - 1) / blockDim.x;
     const int begin = min(total, (int)threadIdx.x * chunk);
     const int end = min(total, begin + chunk);
-
-    int count = 0;
-    for (int q = begin; q < end; q++) {
-        int t = q % N, j = q / N;
-        count += topk_idx[t * K + j] == e;
-    }
-    offsets[threadIdx.x] = count;
-    __syncthreads();
-    if (threadIdx.x == 0) {  // exclusive scan of the blockDim.x counts
-        int run = 0;
-        for (int i = 0; i < (int)blockDim.x; i++) {
-            int c = offsets[i];
-            offsets[i] = run;
-            run += c;
+    int routed_e = 0, kept_e = 0;
+    for (int g = 0; g < groups; g++) {
+        const int first_token = g * group_tokens;
+        int* group_slot_choice = slot_choice + (long)e * R + (long)g * group_rows;
+        int count = 0;
+        for (int q = begin; q < end; q++) {
+            int t = first_token + q % group_tokens, j = q / group_tokens;
+            count += topk_idx[t * K + j] == e;
         }
-        offsets[blockDim.x] = run;
-    }
-    __syncthreads();
-    int pos = offsets[threadIdx.x];
-    for (int q = begin; q < end; q++) {
-        int t = q % N, j = q / N;
-        int c = t * K + j;
-        if (topk_idx[c] != e) continue;
-        if (pos < capacity) {
-            kept[c] = 1;
-            slot[c] = pos;
-            slot_choice[e * R + pos] = c;
-        } else {
-            kept[c] = 0;
-            slot[c] = -1;
+        offsets[threadIdx.x] = count;
+        __syncthreads();
+        if (threadIdx.x == 0) {  // exclusive scan of the blockDim.x counts
+            int run = 0;
+            for (int i = 0; i < (int)blockDim.x; i++) {
+                int c = offsets[i];
+                offsets[i] = run;
+                run += c;
+            }
+            offsets[blockDim.x] = run;
         }
-        pos++;
+        __syncthreads();
+        int pos = offsets[threadIdx.x];
+        for (int q = begin; q < end; q++) {
+            int t = first_token + q % group_tokens, j = q / group_tokens;
+            int c = t * K + j;
+            if (topk_idx[c] != e) continue;
+            if (pos < capacity) {
+                kept[c] = 1;
+                slot[c] = g * group_rows + pos;
+                group_slot_choice[pos] = c;
+            } else {
+                kept[c] = 0;
+                slot[c] = -1;
+            }
+            pos++;
+        }
+        // rows past the kept tokens are empty (a token picks e at most once, so routed_eg <= Ng and
+        // kept_eg <= min(capacity, Ng) = Rg)
+        const int routed_g = offsets[blockDim.x];
+        const int kept_g = min(routed_g, capacity);
+        for (int r = kept_g + threadIdx.x; r < group_rows; r += blockDim.x) group_slot_choice[r] = -1;
+        routed_e += routed_g;
+        kept_e += kept_g;
+        if (threadIdx.x == 0 && group_fill) group_fill[e * groups + g] = kept_g;
+        __syncthreads();  // every thread has read offsets[blockDim.x] before the next group's scan
     }
-    // rows past the kept tokens are empty (a token picks e at most once, so routed_e <= N and
-    // kept_e <= min(capacity, N) = R)
-    const int routed_e = offsets[blockDim.x];
-    const int kept_e = min(routed_e, capacity);
-    for (int r = kept_e + threadIdx.x; r < R; r += blockDim.x) slot_choice[e * R + r] = -1;
     if (threadIdx.x == 0) {
         routed[e] = routed_e;
         kept_count[e] = kept_e;
@@ -79,10 +100,10 @@ __global__ void moe_capacity_kernel(int* kept,             // (N,K)   1 kept, 0 
 }
 
 inline void moe_capacity(int* kept, int* slot, int* slot_choice, int* routed, int* kept_count, const int* topk_idx,
-                         int N, int E, int K, int capacity, int R) {
+                         int N, int E, int K, int capacity, int R, int groups = 1, int* group_fill = nullptr) {
     const int block_size = 64;
-    moe_capacity_kernel<<<E, block_size, (block_size + 1) * sizeof(int)>>>(kept, slot, slot_choice, routed,
-                                                                           kept_count, topk_idx, N, K, capacity, R);
+    moe_capacity_kernel<<<E, block_size, (block_size + 1) * sizeof(int)>>>(
+        kept, slot, slot_choice, routed, kept_count, group_fill, topk_idx, N, K, capacity, R, groups);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -17,14 +17,17 @@
 // from run to run.
 //
 // Vocabulary: N tokens (B*T), C model width, E routed experts, K experts per token, F expert hidden
-// width, S shared experts of hidden width Fs, R = buffer_rows = min(capacity, N) rows per expert.
+// width, S shared experts of hidden width Fs, R = buffer_rows = min(capacity, N) rows per expert
+// (with G token groups, --groups: capacity is per group and R = G * min(capacity, N/G), group g
+// owning rows g*R/G .. (g+1)*R/G - 1; moe_dispatch.cuh's capacity section documents the layout).
 // A *choice* is a pair (token t, rank j), flattened as c = t*K + j; rank 0 is the token's best
 // expert. A choice is *routed* to its expert, and *kept* if it gets a *slot* (a buffer row).
 //
 // This file is the layer: its tensors, and its forward and backward as the lists of stages they
 // are. The stages live, each as math comment, kernel and launcher together, in
 //   moe_router.cuh    router logits, noise, softmax, top-K, gates, aux and z losses
-//   moe_dispatch.cuh  capacity, dispatch, combine
+//   moe_dispatch.cuh  capacity (per token group), dispatch, combine
+//   moe_reroute.cuh   --overflow reroute: dropped choices retried at the token's next experts
 //   moe_experts.cuh   the expert FFNs (routed and shared)
 // and reference_model.h computes the same layer token by token, with plain loops.
 #pragma once
@@ -33,6 +36,7 @@
 #include "model_config.h"
 #include "moe_router.cuh"
 #include "moe_dispatch.cuh"
+#include "moe_reroute.cuh"
 #include "moe_experts.cuh"
 
 struct MoeWeights {          // a view into the model's parameters; gradients use the same struct
@@ -63,6 +67,11 @@ struct MoeActivations {      // views into one float and one int allocation (moe
     float* router_lse;       // (N)      logsumexp_t r_t (the z-loss and its gradient)
     // the experts' buffers
     int*   slot_choice;      // (E, R)   choice c held in each buffer row, -1 for an empty row
+                             //          (with G token groups: group g owns rows g*R/G .. (g+1)*R/G - 1)
+    // token groups and --overflow reroute; tokens_per_expert_routed stays the ORIGINAL choices
+    int*   group_fill;       // (E, G)   slots used per (expert, token group)
+    int*   expert_rank;      // (N, E)   each token's experts by selection score, best first
+    int*   reroute_placed;   // (E-K, E) choices each expert took in each reroute round
     float* expert_in;        // (E, R, C)  x_e: the dispatched tokens (empty rows 0)
     float* expert_pre;       // (E, R, F)  x_e W1_e^T + b1_e
     float* expert_act;       // (E, R, F)  GELU(expert_pre)
@@ -106,7 +115,11 @@ inline void moe_forward(float* out,                 // (N, C) overwritten
     moe_router_logits_forward(a.router_logits, a.noise_logits, w.router, w.noise, u, N, C, E, a.noisy);
     moe_route(a.probs, a.gates, a.topk_idx, a.router_lse, a.router_logits, noise_logits, eps, N, E, K, w.router_bias);
     moe_capacity(a.kept, a.slot, a.slot_choice, a.tokens_per_expert_routed, a.tokens_per_expert_kept, a.topk_idx, N,
-                 E, K, capacity, R);
+                 E, K, capacity, R, token_groups(cfg, N), a.group_fill);
+    if (cfg.reroute())
+        moe_reroute(a.topk_idx, a.kept, a.slot, a.slot_choice, a.group_fill, a.tokens_per_expert_kept,
+                    a.reroute_placed, a.expert_rank, a.gates, a.probs, w.router_bias, N, E, K, capacity, R,
+                    token_groups(cfg, N));
     moe_dispatch(a.expert_in, u, a.slot_choice, E, R, C, K);
     expert_ffn_forward(a.expert_out, a.expert_pre, a.expert_act, a.expert_in, (long long)R * C, w.experts,
                        a.slot_choice, E, R, C, F);
@@ -191,6 +204,11 @@ inline void moe_for_each_view(MoeActivations& a, const ModelConfig& cfg, int tok
     i(a.tokens_per_expert_routed, E);
     i(a.tokens_per_expert_kept, E);
     i(a.slot_choice, E * R);
+    // (allocated whatever the flags: a few ints per token, and no view is ever empty)
+    const size_t G = token_groups(cfg, tokens);
+    i(a.group_fill, E * G);
+    i(a.expert_rank, N * E);
+    i(a.reroute_placed, std::max<size_t>(E - K, 1) * E);
 }
 
 inline size_t moe_activation_floats(const ModelConfig& cfg, int N) {

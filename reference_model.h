@@ -114,7 +114,8 @@ struct RefMoeState {
     std::vector<int> slot;         // (N, K)  its row in the expert's buffer, -1 if dropped
     std::vector<int> slot_choice;  // (E, R)  the choice holding each buffer row, -1 if none
     std::vector<int> routed;       // (E)     choices per expert before capacity
-    std::vector<int> kept_count;   // (E)     choices per expert after capacity
+    std::vector<int> kept_count;   // (E)     choices per expert after capacity (and rerouting)
+    std::vector<int> reroute_placed;  // (E-K, E) --overflow reroute: choices each expert took per round (else empty)
     int noise_applied = 0;         // 1: this pass added noise (training with cfg.router_noise)
     T aux = T(0), z = T(0);        // the layer's load-balance and z losses, before their coefficients
     explicit RefMoeState(const ModelConfig& cfg, int N)
@@ -122,7 +123,8 @@ struct RefMoeState {
           noise_eps((size_t)N * cfg.experts), probs((size_t)N * cfg.experts), gates((size_t)N * cfg.top_k), lse(N),
           topk_idx((size_t)N * cfg.top_k), kept((size_t)N * cfg.top_k), slot((size_t)N * cfg.top_k),
           slot_choice((size_t)cfg.experts * expert_buffer_rows(cfg, N)), routed(cfg.experts),
-          kept_count(cfg.experts) {}
+          kept_count(cfg.experts),
+          reroute_placed(cfg.reroute() ? (size_t)(cfg.experts - cfg.top_k) * cfg.experts : 0) {}
 };
 
 // ================================================================================================
@@ -312,26 +314,91 @@ void ref_moe_route(T* probs, T* gates, int* topk_idx, T* lse, const T* logits, c
 // order: all first choices in token order, then all second choices, ...; expert e's k-th incoming
 // choice gets slot k and is kept while k < cap. Fills kept, slot (N, K), slot_choice (E, R: -1 for
 // rows nobody holds), routed and kept_count (E).
+// With G token groups (--groups): the same inside each group g (tokens g*N/G .. (g+1)*N/G - 1),
+// with cap slots per expert and group; group g's slots of expert e are the rows g*Rg .. (g+1)*Rg - 1
+// of e's buffer (Rg = R/G = min(cap, N/G)), slot k of group g being row g*Rg + k. group_fill (E, G),
+// if given, receives the slots used per (expert, group).
 inline void ref_moe_capacity(int* kept, int* slot, int* slot_choice, int* routed, int* kept_count, const int* topk_idx,
-                             int N, int K, int cap, int R, int E) {
-    std::vector<int> used(E, 0);
+                             int N, int K, int cap, int R, int E, int G = 1, int* group_fill = nullptr) {
+    const int Ng = N / G, Rg = R / G;
+    std::vector<int> used((size_t)E * G, 0);  // (E, G)
     for (int e = 0; e < E; e++) routed[e] = 0;
     for (int i = 0; i < E * R; i++) slot_choice[i] = -1;
-    for (int j = 0; j < K; j++)
-        for (int t = 0; t < N; t++) {
-            const int c = t * K + j, e = topk_idx[c];
-            routed[e]++;
-            if (used[e] < cap) {
-                kept[c] = 1;
-                slot[c] = used[e];
-                slot_choice[e * R + used[e]] = c;
-                used[e]++;
-            } else {
-                kept[c] = 0;
-                slot[c] = -1;
+    for (int g = 0; g < G; g++)
+        for (int j = 0; j < K; j++)
+            for (int t = g * Ng; t < (g + 1) * Ng; t++) {
+                const int c = t * K + j, e = topk_idx[c];
+                int& u = used[(size_t)e * G + g];
+                routed[e]++;
+                if (u < cap) {
+                    kept[c] = 1;
+                    slot[c] = g * Rg + u;
+                    slot_choice[e * R + g * Rg + u] = c;
+                    u++;
+                } else {
+                    kept[c] = 0;
+                    slot[c] = -1;
+                }
             }
+    for (int e = 0; e < E; e++) {
+        kept_count[e] = 0;
+        for (int g = 0; g < G; g++) kept_count[e] += used[(size_t)e * G + g];
+    }
+    if (group_fill)
+        for (size_t i = 0; i < used.size(); i++) group_fill[i] = used[i];
+}
+
+// Rerouting (--overflow reroute), after capacity, for the choices it dropped. rank_t = token t's
+// experts by selection score (p, or p + b with a bias: one float add, as the kernel), highest
+// first, ties to the lower index. Rounds r = 1 .. E-K: every token with an unplaced choice proposes
+// rank_t[K + r - 1] for its unplaced choice of lowest rank j (proposals fixed at the round's start:
+// a token proposes once per round); expert e takes the proposals of group g in token order while
+// it has slots there (continuing after capacity's: group_fill). A placed choice names its new
+// expert (topk_idx) and gets the next slot; one unplaced after the last round stays dropped with
+// its original expert. Then every token's gates are step 5 over its final K experts, in T in the
+// kernel's order. routed (the original choices, for the aux loss) is not touched; kept_count grows.
+template <typename T>
+void ref_moe_reroute(int* topk_idx, int* kept, int* slot, int* slot_choice, int* kept_count, int* group_fill,
+                     int* placed_per_round /* (E-K, E) */, T* gates, const T* probs, const T* bias, int N, int E,
+                     int K, int cap, int R, int G) {
+    const int Ng = N / G, Rg = R / G;
+    std::vector<int> rank((size_t)N * E);
+    std::vector<T> score(E);
+    for (int t = 0; t < N; t++) {
+        const T* p = probs + (size_t)t * E;
+        for (int i = 0; i < E; i++) score[i] = bias ? p[i] + bias[i] : p[i];
+        int* rk = &rank[(size_t)t * E];
+        for (int i = 0; i < E; i++) rk[i] = i;
+        std::stable_sort(rk, rk + E, [&](int a, int b) { return score[a] > score[b]; });
+    }
+    for (int r = 1; r <= E - K; r++) {
+        int* placed = placed_per_round + (size_t)(r - 1) * E;
+        for (int e = 0; e < E; e++) placed[e] = 0;
+        for (int t = 0; t < N; t++) {
+            int j = 0;
+            while (j < K && kept[t * K + j]) j++;
+            if (j == K) continue;  // nothing unplaced: no proposal
+            const int e = rank[(size_t)t * E + K + r - 1], g = t / Ng, c = t * K + j;
+            int& fill = group_fill[(size_t)e * G + g];
+            if (fill >= cap) continue;  // no room: the proposal is refused
+            kept[c] = 1;
+            slot[c] = g * Rg + fill;
+            slot_choice[e * R + g * Rg + fill] = c;
+            topk_idx[c] = e;
+            fill++;
+            kept_count[e]++;
+            placed[e]++;
         }
-    for (int e = 0; e < E; e++) kept_count[e] = used[e];
+    }
+    for (int t = 0; t < N; t++) {
+        const T* p = probs + (size_t)t * E;
+        T chosen = 0;
+        for (int j = 0; j < K; j++) chosen += p[topk_idx[t * K + j]];
+        for (int j = 0; j < K; j++) {
+            const T pj = p[topk_idx[t * K + j]];
+            gates[t * K + j] = K > 1 ? pj / chosen : pj;
+        }
+    }
 }
 
 // One FFN on one token (16, 17): hidden pre-activation a (F), output y (C):
@@ -385,8 +452,16 @@ void ref_moe_forward(T* out, RefMoeState<T>& st, const RefMoeParams<T>& w, const
     ref_moe_route(st.probs.data(), st.gates.data(), st.topk_idx.data(), st.lse.data(), st.router_logits.data(),
                   st.noise_logits.data(), st.noise_eps.data(), N, E, K, use_noise,
                   w.router_bias.empty() ? (const T*)nullptr : w.router_bias.data());
+    const int G = token_groups(cfg, N);
+    std::vector<int> group_fill((size_t)E * G);
     ref_moe_capacity(st.kept.data(), st.slot.data(), st.slot_choice.data(), st.routed.data(), st.kept_count.data(),
-                     st.topk_idx.data(), N, K, expert_capacity(cfg, N), expert_buffer_rows(cfg, N), E);
+                     st.topk_idx.data(), N, K, expert_capacity(cfg, N), expert_buffer_rows(cfg, N), E, G,
+                     group_fill.data());
+    if (cfg.reroute())
+        ref_moe_reroute(st.topk_idx.data(), st.kept.data(), st.slot.data(), st.slot_choice.data(),
+                        st.kept_count.data(), group_fill.data(), st.reroute_placed.data(), st.gates.data(),
+                        st.probs.data(), w.router_bias.empty() ? (const T*)nullptr : w.router_bias.data(), N, E, K,
+                        expert_capacity(cfg, N), expert_buffer_rows(cfg, N), G);
     std::vector<T> a(std::max(F, Fs)), y(C);
     for (int t = 0; t < N; t++) {
         const T* ut = u + (long)t * C;

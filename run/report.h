@@ -114,6 +114,10 @@ inline bool moe_stats_from_json(const json::Value& v, MoeStats& s) {
     if (s.cross_rank_choices > 0 && std::isfinite(s.cross_rank_bytes))
         s.C = (int)std::lround(s.cross_rank_bytes / (8.0 * s.cross_rank_choices));
     if (v.get("bias")) moe_stats_set_bias(s, number_array<float>(v.get("bias")));  // --bias-rate
+    if (v.get("rerouted_per_round")) {  // --overflow reroute
+        s.rerouted_per_round = number_array<int>(v.get("rerouted_per_round"));
+        s.rerouted_choices = (long)integer_or(v.get("rerouted_choices"));
+    }
     return true;
 }
 

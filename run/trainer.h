@@ -334,6 +334,11 @@ struct TrainingRun {
                 stats.push_back(moe_stats_read(moe_stats[l], m.cfg, B * T, cfg.ep_ranks));
                 if (m.w.blocks[l].moe.router_bias)  // --bias-rate: b after this step's update (E floats)
                     moe_stats_set_bias(stats.back(), device_to_host(m.w.blocks[l].moe.router_bias, (size_t)cfg.experts));
+                if (cfg.reroute())  // --overflow reroute: the original routed counts, the placements per round
+                    moe_stats_set_reroute(stats.back(),
+                                          device_to_host_int(m.blocks[l].moe.tokens_per_expert_routed, (size_t)cfg.experts),
+                                          device_to_host_int(m.blocks[l].moe.reroute_placed,
+                                                         (size_t)(cfg.experts - cfg.top_k) * cfg.experts));
                 bias_range = std::max(bias_range, stats.back().bias_range);
                 drop += stats.back().drop_rate / cfg.layers;
                 entropy += stats.back().router_entropy / cfg.layers;
