@@ -21,6 +21,7 @@
 //                       collapsing router; load_imbalance_kept is the same over tokens_kept (mean =
 //                       kept choices / E)
 //   router_entropy      mean over tokens of H(p_t) = -sum_i p_t[i] ln p_t[i] (natural log, 0 ln 0 = 0);
+//                       with --gate sigmoid, of the normalised scores pn_t = s_t / sum_i s_t[i];
 //                       ln E for a uniform router, 0 for a one-hot one
 //   aux, z              the layer's own load-balance and z losses (before their coefficients)
 //   expert_grad_norm[e] sqrt of the sum of squares of expert e's gradient over its four tensors
@@ -169,11 +170,31 @@ struct MoeStats {  // per MoE layer, per logged step (host copy)
     double cross_rank_bytes = 0;  // 2 * 4 * C * cross_rank_choices
     std::vector<float> bias;      // (E) --bias-rate's selection bias b after the step; empty when off
     double bias_range = 0;        // max_i b_i - min_i b_i (0 when off)
+    // --routing expert: every expert takes exactly its capacity, so nothing is dropped (drop_rate 0,
+    // tokens_routed = tokens_kept = G*cap); what varies is how many experts take each token
+    bool expert_choice = false;
+    std::vector<int> coverage;        // (E+1) tokens taken by 0, 1, ..., E experts
+    double experts_per_token_mean = 0;
+    int experts_per_token_max = 0;
     // --overflow reroute: choices placed by rerouting in each round r = 1 .. E-K (empty otherwise);
     // tokens_routed then counts the ORIGINAL choices (before capacity and rerouting), tokens_kept the final ones
     std::vector<int> rerouted_per_round;
     long rerouted_choices = 0;    // their sum
 };
+
+// Coverage (expert choice) into the statistics: the histogram, its mean and its maximum.
+inline void moe_stats_set_coverage(MoeStats& s, const std::vector<int>& coverage) {
+    s.expert_choice = true;
+    s.coverage = coverage;
+    long tokens = 0, taken = 0;
+    s.experts_per_token_max = 0;
+    for (size_t k = 0; k < coverage.size(); k++) {
+        tokens += coverage[k];
+        taken += (long)k * coverage[k];
+        if (coverage[k] > 0) s.experts_per_token_max = (int)k;
+    }
+    s.experts_per_token_mean = tokens > 0 ? (double)taken / (double)tokens : 0.0;
+}
 
 // Rerouting (host copies of the layer's tokens_per_expert_routed (E) and reroute_placed (E-K, E))
 // into the statistics: the per-round placements, and routed = the original choices (the token
@@ -225,7 +246,9 @@ struct MoeStatsLayout {
     // ints: [0, E) routed, [E, 2E) kept, [2E] dropped choices, [2E+1] tokens all dropped, [2E+2] cross-rank choices
     int count_fields() const { return 2 * E + 3; }
     size_t ints_offset() const { return doubles() * sizeof(double); }
-    size_t header_bytes() const { return ints_offset() + (size_t)count_fields() * sizeof(int); }
+    // then, with expert choice, the coverage: (E+1) ints (tokens taken by 0..E experts)
+    size_t coverage_offset() const { return ints_offset() + (size_t)count_fields() * sizeof(int); }
+    size_t header_bytes() const { return coverage_offset() + (size_t)(E + 1) * sizeof(int); }
     // scratch (not copied): double partials, then int partials
     size_t entropy_partials_offset() const { return (header_bytes() + 15) / 16 * 16; }
     size_t grad_partials_offset() const { return entropy_partials_offset() + MOE_STATS_BLOCKS * sizeof(double); }
@@ -410,7 +433,16 @@ inline void moe_stats_compute_raw(MoeStatsBuffer& buf,
 inline void moe_stats_compute(MoeStatsBuffer& buf, const MoeActivations& acts, const MoeWeights& grads,
                               const ModelConfig& cfg, int N, int ep_ranks) {
     const ExpertWeights& g = grads.experts;
-    moe_stats_compute_raw(buf, acts.probs, acts.topk_idx, acts.kept, acts.aux, acts.z, g.fc_w, g.fc_b, g.proj_w,
+    const float* entropy_scores = cfg.sigmoid_gate() ? acts.norm_probs : acts.probs;  // pn (= p with softmax)
+    if (cfg.expert_choice()) {  // the (N, E) pairs (token, expert) with "kept" = taken; then the coverage
+        moe_stats_compute_raw(buf, entropy_scores, acts.ec_expert_ids, acts.ec_taken, acts.aux, acts.z, g.fc_w, g.fc_b,
+                              g.proj_w, g.proj_b, N, cfg.experts, cfg.experts, cfg.dim, cfg.expert_hidden, ep_ranks);
+        expert_choice_coverage(reinterpret_cast<int*>(static_cast<unsigned char*>(buf.device) +
+                                                      MoeStatsLayout{cfg.experts}.coverage_offset()),
+                               acts.ec_slot, N, cfg.experts);
+        return;
+    }
+    moe_stats_compute_raw(buf, entropy_scores, acts.topk_idx, acts.kept, acts.aux, acts.z, g.fc_w, g.fc_b, g.proj_w,
                           g.proj_b, N, cfg.experts, cfg.top_k, cfg.dim, cfg.expert_hidden, ep_ranks);
 }
 
@@ -462,17 +494,39 @@ inline MoeStats moe_stats_read(const MoeStatsBuffer& buf, int N, int E, int K, i
 }
 // The same for a layer of the model cfg in a pass of N tokens.
 inline MoeStats moe_stats_read(const MoeStatsBuffer& buf, const ModelConfig& cfg, int N, int ep_ranks) {
-    return moe_stats_read(buf, N, cfg.experts, cfg.top_k, cfg.dim, expert_capacity(cfg, N), ep_ranks);
+    if (!cfg.expert_choice())
+        return moe_stats_read(buf, N, cfg.experts, cfg.top_k, cfg.dim, expert_capacity(cfg, N), ep_ranks);
+    // expert choice: the counts were made over the (N, E) pairs; nothing is dropped
+    const int E = cfg.experts;
+    const MoeStatsLayout lay{E};
+    std::vector<unsigned char> header(lay.header_bytes());
+    CUDA_CHECK(cudaMemcpy(header.data(), buf.device, header.size(), cudaMemcpyDeviceToHost));
+    MoeStats s = moe_stats_from_header(header.data(), N, E, E, cfg.dim, expert_capacity(cfg, N), ep_ranks);
+    s.K = cfg.top_k;
+    s.tokens_routed = s.tokens_kept;
+    s.dropped_choices = 0;
+    s.drop_rate = 0.0;
+    s.load_imbalance = s.load_imbalance_kept;
+    std::vector<int> coverage(E + 1);
+    std::memcpy(coverage.data(), header.data() + lay.coverage_offset(), coverage.size() * sizeof(int));
+    moe_stats_set_coverage(s, coverage);
+    return s;
 }
 
 // Copies a layer's routing to the host (end of run: specialisation tables). Two D2H copies.
-inline void moe_copy_routing(std::vector<int>& topk_idx, std::vector<int>& kept, const MoeActivations& acts,
-                             const ModelConfig& cfg, int N) {
-    const size_t n = (size_t)N * cfg.top_k;
+// Returns the choices per token in the copies: K (token choice) or E (expert choice).
+inline int moe_copy_routing(std::vector<int>& topk_idx, std::vector<int>& kept, const MoeActivations& acts,
+                            const ModelConfig& cfg, int N) {
+    // expert choice: the (N, E) pairs (token, expert), "kept" where the expert took the token
+    const bool ec = cfg.expert_choice();
+    const int width = ec ? cfg.experts : cfg.top_k;
+    const size_t n = (size_t)N * width;
     topk_idx.resize(n);
     kept.resize(n);
-    CUDA_CHECK(cudaMemcpy(topk_idx.data(), acts.topk_idx, n * sizeof(int), cudaMemcpyDeviceToHost));
-    CUDA_CHECK(cudaMemcpy(kept.data(), acts.kept, n * sizeof(int), cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(topk_idx.data(), ec ? acts.ec_expert_ids : acts.topk_idx, n * sizeof(int),
+                          cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(kept.data(), ec ? acts.ec_taken : acts.kept, n * sizeof(int), cudaMemcpyDeviceToHost));
+    return width;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -511,6 +565,11 @@ inline std::string moe_stats_json(const MoeStats& s) {
     j += ",\"ep_ranks\":" + std::to_string(s.ep_ranks);
     j += ",\"cross_rank_choices\":" + std::to_string(s.cross_rank_choices);
     j += ",\"cross_rank_bytes\":" + diagnostics_json_number(s.cross_rank_bytes);
+    if (s.expert_choice) {  // --routing expert only
+        j += ",\"coverage\":" + diagnostics_json_array(s.coverage);
+        j += ",\"experts_per_token_mean\":" + diagnostics_json_number(s.experts_per_token_mean);
+        j += ",\"experts_per_token_max\":" + std::to_string(s.experts_per_token_max);
+    }
     if (!s.bias.empty()) {  // --bias-rate only
         j += ",\"bias\":" + diagnostics_json_array(s.bias);
         j += ",\"bias_range\":" + diagnostics_json_number(s.bias_range);

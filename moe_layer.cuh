@@ -38,6 +38,7 @@
 #include "moe_dispatch.cuh"
 #include "moe_reroute.cuh"
 #include "moe_experts.cuh"
+#include "moe_expert_choice.cuh"
 
 struct MoeWeights {          // a view into the model's parameters; gradients use the same struct
     float* router;           // (E, C)  W_r
@@ -55,7 +56,7 @@ struct MoeActivations {      // views into one float and one int allocation (moe
     float* router_logits;    // (N, E)   r = W_r u
     float* noise_logits;     // (N, E)   n = W_n u
     float* noise_eps;        // (N, E)   eps ~ N(0,1) (allocated as router_noise_count(N, E))
-    float* probs;            // (N, E)   p = softmax(h)
+    float* probs;            // (N, E)   p = softmax(h)  (--gate sigmoid: the scores s = sigmoid(h))
     float* gates;            // (N, K)
     int*   topk_idx;         // (N, K)   expert of each choice, highest probability first
     int*   kept;             // (N, K)   1 kept, 0 dropped
@@ -65,6 +66,9 @@ struct MoeActivations {      // views into one float and one int allocation (moe
     float* aux;              // (1)      load-balance loss of this layer (before its coefficient)
     float* z;                // (1)      router z-loss of this layer (before its coefficient)
     float* router_lse;       // (N)      logsumexp_t r_t (the z-loss and its gradient)
+    float* norm_probs;       // (N, E)   pn = s / sum_i s (written with --gate sigmoid only; else pn = probs)
+    float* token_entropy;    // (N)      H(pn_t) per token (written with --entropy-coef only)
+    float* entropy;          // (1)      router entropy H = mean_t H(pn_t) of this layer (--entropy-coef only)
     // the experts' buffers
     int*   slot_choice;      // (E, R)   choice c held in each buffer row, -1 for an empty row
                              //          (with G token groups: group g owns rows g*R/G .. (g+1)*R/G - 1)
@@ -88,7 +92,60 @@ struct MoeActivations {      // views into one float and one int allocation (moe
     float* d_expert_in;      // (E, R, C)
     float* d_shared_hidden;  // (S, N, Fs)
     float* d_shared_in;      // (S, N, C)
+    // expert choice (--routing expert, moe_expert_choice.cuh; all nullptr otherwise). slot_choice
+    // then holds the token index of each row, and all R = G*cap rows are used.
+    float* ec_gates;         // (E, R)   gate of each row: p_t[e] of its token t
+    int*   ec_slot;          // (N, E)   row of token t in expert e's buffer, -1: e did not take t
+    int*   ec_expert_ids;    // (N, E)   e, and
+    int*   ec_taken;         // (N, E)   1 if e took t: the (N, E) "choices" the diagnostics count
+    int*   ec_sort_keys;     // (E*G, P) 64-bit sort keys of the selection (scratch; P = 2^ceil(log2(N/G)))
 };
+
+// ----------------------------------------------------------------------------------------------
+// expert choice (--routing expert): the stages after the router (moe_expert_choice.cuh)
+//
+//   p --per-expert top-cap of each group--> slot_choice (tokens), ec_gates, ec_slot (N,E)
+//     --dispatch (a row holds a token: K = 1)--> x_e --batched FFN--> y_e
+//     --combine--> out_t = sum_s SharedFFN_s(u_t) + sum_{e took t} p_t[e] y_e[ec_slot[t,e]]
+//   aux = 0; z (and the entropy) as in token choice.
+// Backward: dy_e = gate dout; dp_t[e] = dout_t . y_e[row]; the score, z, entropy and noise
+// backward (no aux); du_t = shared + sum_{e took t} dx_e[row]; the router GEMMs.
+
+inline void moe_expert_choice_forward(float* out, MoeActivations& a, const MoeWeights& w, const float* u,
+                                      const ModelConfig& cfg, int N) {
+    const int C = cfg.dim, E = cfg.experts, K = cfg.top_k, F = cfg.expert_hidden, S = cfg.shared_experts,
+              Fs = cfg.shared_hidden, R = expert_buffer_rows(cfg, N), capacity = expert_capacity(cfg, N);
+    expert_choice_select(a.slot_choice, a.ec_gates, a.ec_slot, a.ec_expert_ids, a.ec_taken,
+                         a.tokens_per_expert_routed, a.tokens_per_expert_kept,
+                         reinterpret_cast<unsigned long long*>(a.ec_sort_keys), a.probs, N, E, token_groups(cfg, N), capacity);
+    moe_dispatch(a.expert_in, u, a.slot_choice, E, R, C, 1);
+    expert_ffn_forward(a.expert_out, a.expert_pre, a.expert_act, a.expert_in, (long long)R * C, w.experts,
+                       a.slot_choice, E, R, C, F);
+    if (S > 0) expert_ffn_forward(a.shared_out, a.shared_pre, a.shared_act, u, 0, w.shared, nullptr, S, N, C, Fs);
+    expert_choice_combine(out, a.expert_out, a.shared_out, a.probs, a.ec_slot, N, E, C, R, S);
+    moe_router_losses(a.aux, a.z, cfg.sigmoid_gate() ? a.norm_probs : a.probs, a.router_lse,
+                      a.tokens_per_expert_routed, N, E, K, cfg.entropy_coef != 0 ? a.token_entropy : nullptr,
+                      a.entropy);
+    expert_choice_zero_aux(a.aux);
+}
+
+inline void moe_expert_choice_backward(float* du, const MoeWeights& grads, const float* dout, MoeActivations& a,
+                                       const MoeWeights& w, const float* u, const ModelConfig& cfg) {
+    const int N = a.N, C = cfg.dim, E = cfg.experts, F = cfg.expert_hidden, S = cfg.shared_experts,
+              Fs = cfg.shared_hidden, R = expert_buffer_rows(cfg, N);
+    expert_choice_combine_backward(a.d_expert_out, dout, a.ec_gates, a.slot_choice, E, R, C);
+    expert_ffn_backward(a.d_expert_in, a.d_expert_hidden, grads.experts, a.d_expert_out, (long long)R * C,
+                        a.expert_pre, a.expert_act, a.expert_in, (long long)R * C, w.experts, E, R, C, F);
+    if (S > 0)
+        expert_ffn_backward(a.d_shared_in, a.d_shared_hidden, grads.shared, dout, 0, a.shared_pre, a.shared_act, u, 0,
+                            w.shared, S, N, C, Fs);
+    expert_choice_router_backward(a.d_router_logits, a.noisy ? a.d_noise_logits : nullptr, dout, a.expert_out,
+                                  a.ec_slot, a.probs, a.router_logits, a.router_lse, a.noise_logits, a.noise_eps, N,
+                                  E, C, R, cfg.z_coef, cfg.sigmoid_gate(), cfg.entropy_coef);
+    expert_choice_dispatch_backward(du, a.d_expert_in, a.d_shared_in, a.ec_slot, N, E, C, R, S);
+    moe_router_logits_backward(du, grads.router, grads.noise, a.d_router_logits, a.d_noise_logits, w.router, w.noise,
+                               u, N, C, E, a.noisy);
+}
 
 // ----------------------------------------------------------------------------------------------
 // forward
@@ -113,7 +170,13 @@ inline void moe_forward(float* out,                 // (N, C) overwritten
     const float* eps = a.noisy ? a.noise_eps : nullptr;
 
     moe_router_logits_forward(a.router_logits, a.noise_logits, w.router, w.noise, u, N, C, E, a.noisy);
-    moe_route(a.probs, a.gates, a.topk_idx, a.router_lse, a.router_logits, noise_logits, eps, N, E, K, w.router_bias);
+    moe_route(a.probs, a.gates, a.topk_idx, a.router_lse, a.router_logits, noise_logits, eps, N, E, K, w.router_bias,
+              cfg.sigmoid_gate(), cfg.sigmoid_gate() ? a.norm_probs : nullptr,
+              cfg.entropy_coef != 0 ? a.token_entropy : nullptr);
+    if (cfg.expert_choice()) {  // the experts pick their tokens: the rest of the forward differs
+        moe_expert_choice_forward(out, a, w, u, cfg, N);
+        return;
+    }
     moe_capacity(a.kept, a.slot, a.slot_choice, a.tokens_per_expert_routed, a.tokens_per_expert_kept, a.topk_idx, N,
                  E, K, capacity, R, token_groups(cfg, N), a.group_fill);
     if (cfg.reroute())
@@ -125,18 +188,22 @@ inline void moe_forward(float* out,                 // (N, C) overwritten
                        a.slot_choice, E, R, C, F);
     if (S > 0) expert_ffn_forward(a.shared_out, a.shared_pre, a.shared_act, u, 0, w.shared, nullptr, S, N, C, Fs);
     moe_combine(out, a.expert_out, a.shared_out, a.gates, a.topk_idx, a.kept, a.slot, N, C, K, R, S);
-    moe_router_losses(a.aux, a.z, a.probs, a.router_lse, a.tokens_per_expert_routed, N, E, K);
+    moe_router_losses(a.aux, a.z, cfg.sigmoid_gate() ? a.norm_probs : a.probs, a.router_lse,
+                      a.tokens_per_expert_routed, N, E, K, cfg.entropy_coef != 0 ? a.token_entropy : nullptr,
+                      a.entropy);
 }
 
-// losses = [total, ce, aux sum, z sum] += this layer's [aux_coef aux + z_coef z, 0, aux, z]
+// losses = [total, ce, aux sum, z sum, entropy sum] += this layer's
+//          [aux_coef aux + z_coef z - entropy_coef H, 0, aux, z, H]   (H only with the entropy bonus)
 inline void moe_loss_forward(float* losses, const MoeActivations& a, const ModelConfig& cfg) {
-    moe_add_losses(losses, a.aux, a.z, cfg.aux_coef, cfg.z_coef);
+    moe_add_losses(losses, a.aux, a.z, cfg.aux_coef, cfg.z_coef, cfg.entropy_coef != 0 ? a.entropy : nullptr,
+                   cfg.entropy_coef);
 }
 
 // ----------------------------------------------------------------------------------------------
 // backward
 
-// Backward of  dout . out + aux_coef aux + z_coef z  through the routing of the last moe_forward
+// Backward of  dout . out + aux_coef aux + z_coef z - entropy_coef H  through the routing of the last moe_forward
 // (dout already carries the 1/N of the mean cross-entropy). du is overwritten; the weight
 // gradients accumulate (+=) into grads.
 inline void moe_backward(float* du,                 // (N, C) overwritten
@@ -148,6 +215,10 @@ inline void moe_backward(float* du,                 // (N, C) overwritten
                          const ModelConfig& cfg) {
     const int N = a.N, C = cfg.dim, E = cfg.experts, K = cfg.top_k, F = cfg.expert_hidden, S = cfg.shared_experts,
               Fs = cfg.shared_hidden, R = expert_buffer_rows(cfg, N);
+    if (cfg.expert_choice()) {
+        moe_expert_choice_backward(du, grads, dout, a, w, u, cfg);
+        return;
+    }
     moe_combine_backward(a.d_expert_out, a.d_gates, dout, a.expert_out, a.gates, a.topk_idx, a.kept, a.slot,
                          a.slot_choice, N, E, C, K, R);
     expert_ffn_backward(a.d_expert_in, a.d_expert_hidden, grads.experts, a.d_expert_out, (long long)R * C,
@@ -157,7 +228,8 @@ inline void moe_backward(float* du,                 // (N, C) overwritten
                             w.shared, S, N, C, Fs);
     moe_router_backward(a.d_router_logits, a.noisy ? a.d_noise_logits : nullptr, a.d_gates, a.probs, a.gates,
                         a.topk_idx, a.router_logits, a.router_lse, a.noise_logits, a.noise_eps,
-                        a.tokens_per_expert_routed, N, E, K, cfg.aux_coef, cfg.z_coef);
+                        a.tokens_per_expert_routed, N, E, K, cfg.aux_coef, cfg.z_coef, cfg.sigmoid_gate(),
+                        cfg.entropy_coef);
     moe_dispatch_backward(du, a.d_expert_in, a.d_shared_in, a.topk_idx, a.kept, a.slot, N, C, K, R, S);
     moe_router_logits_backward(du, grads.router, grads.noise, a.d_router_logits, a.d_noise_logits, w.router, w.noise,
                                u, N, C, E, a.noisy);
@@ -198,6 +270,9 @@ inline void moe_for_each_view(MoeActivations& a, const ModelConfig& cfg, int tok
     f(a.d_expert_in, E * R * C);
     f(a.d_shared_hidden, S * N * Fs);
     f(a.d_shared_in, S * N * C);
+    f(a.norm_probs, N * E);   // written with --gate sigmoid only
+    f(a.token_entropy, N);    // written with --entropy-coef only
+    f(a.entropy, (size_t)1);  // written with --entropy-coef only
     i(a.topk_idx, N * K);
     i(a.kept, N * K);
     i(a.slot, N * K);
@@ -209,6 +284,12 @@ inline void moe_for_each_view(MoeActivations& a, const ModelConfig& cfg, int tok
     i(a.group_fill, E * G);
     i(a.expert_rank, N * E);
     i(a.reroute_placed, std::max<size_t>(E - K, 1) * E);
+    const size_t ec = cfg.expert_choice() ? 1 : 0;
+    f(a.ec_gates, ec * E * R);
+    i(a.ec_slot, ec * N * E);
+    i(a.ec_expert_ids, ec * N * E);
+    i(a.ec_taken, ec * N * E);
+    i(a.ec_sort_keys, ec * 2 * E * G * (size_t)expert_choice_sort_length(tokens, (int)G));
 }
 
 inline size_t moe_activation_floats(const ModelConfig& cfg, int N) {

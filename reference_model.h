@@ -116,15 +116,23 @@ struct RefMoeState {
     std::vector<int> routed;       // (E)     choices per expert before capacity
     std::vector<int> kept_count;   // (E)     choices per expert after capacity (and rerouting)
     std::vector<int> reroute_placed;  // (E-K, E) --overflow reroute: choices each expert took per round (else empty)
+    std::vector<T> ec_gates;       // (E, R)  --routing expert: the gate p_t[e] of each buffer row (else empty)
+    std::vector<int> ec_slot;      // (N, E)  --routing expert: row of token t in expert e's buffer, -1: not taken
     int noise_applied = 0;         // 1: this pass added noise (training with cfg.router_noise)
     T aux = T(0), z = T(0);        // the layer's load-balance and z losses, before their coefficients
+    std::vector<T> norm_probs;     // (N, E)  pn = s / sum_i s (--gate sigmoid; = probs with softmax)
+    T entropy = T(0);              // the layer's router entropy H = mean_t H(pn_t) (the --entropy-coef bonus)
     explicit RefMoeState(const ModelConfig& cfg, int N)
         : router_logits((size_t)N * cfg.experts), noise_logits((size_t)N * cfg.experts),
           noise_eps((size_t)N * cfg.experts), probs((size_t)N * cfg.experts), gates((size_t)N * cfg.top_k), lse(N),
           topk_idx((size_t)N * cfg.top_k), kept((size_t)N * cfg.top_k), slot((size_t)N * cfg.top_k),
           slot_choice((size_t)cfg.experts * expert_buffer_rows(cfg, N)), routed(cfg.experts),
           kept_count(cfg.experts),
-          reroute_placed(cfg.reroute() ? (size_t)(cfg.experts - cfg.top_k) * cfg.experts : 0) {}
+          reroute_placed(cfg.reroute() ? (size_t)(cfg.experts - cfg.top_k) * cfg.experts : 0),
+          ec_gates(cfg.expert_choice() ? (size_t)cfg.experts * expert_buffer_rows(cfg, N) : 0),
+          ec_slot(cfg.expert_choice() ? (size_t)N * cfg.experts : 0) {
+        norm_probs.resize((size_t)N * cfg.experts);
+    }
 };
 
 // ================================================================================================
@@ -261,10 +269,12 @@ T ref_sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
 //   gates: p of the chosen, divided by their sum when K > 1             -> gates (K)
 //     (always the unbiased p, over the experts so chosen)
 //   lse = logsumexp(r), of the clean logits                             -> *lse
+// With sigmoid_gate (--gate sigmoid), p = sigmoid(h) elementwise (the scores s) takes softmax's
+// place in every line above; norm_probs (if given) receives pn = p / sum_i p (= p with softmax).
 // All in T, in the order the route kernel uses.
 template <typename T>
 void ref_moe_route_token(T* probs, T* gates, int* topk, T* lse, const T* r, const T* nl, const T* eps, int E, int K,
-                         int use_noise, const T* bias = nullptr) {
+                         int use_noise, const T* bias = nullptr, int sigmoid_gate = 0, T* norm_probs = nullptr) {
     std::vector<T> p(E);
     T hmax = -INFINITY, rmax = -INFINITY;
     for (int i = 0; i < E; i++) {
@@ -276,13 +286,20 @@ void ref_moe_route_token(T* probs, T* gates, int* topk, T* lse, const T* r, cons
     }
     T sum = 0, rsum = 0;
     for (int i = 0; i < E; i++) {
-        p[i] = std::exp(p[i] - hmax);
-        sum += p[i];
+        if (!sigmoid_gate) {
+            p[i] = std::exp(p[i] - hmax);
+            sum += p[i];
+        }
         rsum += std::exp(r[i] - rmax);
     }
     for (int i = 0; i < E; i++) {
-        p[i] = p[i] / sum;
+        p[i] = sigmoid_gate ? ref_sigmoid(p[i]) : p[i] / sum;
         probs[i] = p[i];
+    }
+    if (norm_probs) {
+        T score_sum = 0;
+        for (int i = 0; i < E; i++) score_sum += p[i];
+        for (int i = 0; i < E; i++) norm_probs[i] = sigmoid_gate ? p[i] / score_sum : p[i];
     }
     *lse = rmax + std::log(rsum);
     // the K largest selection scores (p, or p + b), highest first; among equal values the lower index first
@@ -302,12 +319,26 @@ void ref_moe_route_token(T* probs, T* gates, int* topk, T* lse, const T* r, cons
 // The same for all N tokens: logits, noise_logits, eps, probs (N, E); gates, topk_idx (N, K); lse (N).
 template <typename T>
 void ref_moe_route(T* probs, T* gates, int* topk_idx, T* lse, const T* logits, const T* noise_logits, const T* eps,
-                   int N, int E, int K, int use_noise, const T* bias = nullptr) {
+                   int N, int E, int K, int use_noise, const T* bias = nullptr, int sigmoid_gate = 0,
+                   T* norm_probs = nullptr) {
     for (int t = 0; t < N; t++) {
         const long o = (long)t * E;
         ref_moe_route_token(probs + o, gates + (long)t * K, topk_idx + (long)t * K, lse + t, logits + o,
-                            noise_logits + o, eps + o, E, K, use_noise, bias);
+                            noise_logits + o, eps + o, E, K, use_noise, bias, sigmoid_gate,
+                            norm_probs ? norm_probs + o : nullptr);
     }
+}
+
+// Router entropy (--entropy-coef), before its coefficient: H = mean_t -sum_i pn_t[i] ln pn_t[i]
+// (natural log, 0 ln 0 = 0), on the normalised scores pn (N, E) of the step (with noise where it applied).
+template <typename T>
+void ref_moe_entropy(T* entropy, const T* norm_probs, int N, int E) {
+    double h = 0.0;
+    for (long i = 0; i < (long)N * E; i++) {
+        const double x = norm_probs[i];
+        if (x > 0.0) h -= x * std::log(x);
+    }
+    *entropy = (T)(N > 0 ? h / N : 0.0);
 }
 
 // Capacity (14): the one step that looks at all tokens at once. Slots are handed out in priority
@@ -434,6 +465,65 @@ void ref_moe_aux_z(T* aux, T* z, const T* probs, const T* lse, const int* routed
     *z = (T)(s / N);
 }
 
+// Expert choice (--routing expert), what follows the scores p (N, E) (softmax, or the sigmoid
+// scores with --gate sigmoid): for every group g of N/G tokens and every expert e, sort the
+// group's tokens by p_t[e], highest first, equal scores to the lower token index, and let e take
+// the first cap (rows g*cap .. g*cap + cap - 1 of its buffer, in that order). Fills slot_choice
+// (the token of each row), ec_gates (its p_t[e]), ec_slot (N, E), routed = kept_count = G*cap.
+template <typename T>
+void ref_moe_expert_choice_select(RefMoeState<T>& st, const ModelConfig& cfg, int N) {
+    const int E = cfg.experts, G = cfg.groups, Ng = N / G, cap = expert_capacity(cfg, N),
+              R = expert_buffer_rows(cfg, N);
+    std::fill(st.ec_slot.begin(), st.ec_slot.end(), -1);
+    std::vector<int> order(Ng);
+    for (int e = 0; e < E; e++) {
+        for (int g = 0; g < G; g++) {
+            for (int i = 0; i < Ng; i++) order[i] = g * Ng + i;
+            std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+                return st.probs[(size_t)a * E + e] > st.probs[(size_t)b * E + e];
+            });
+            for (int k = 0; k < cap; k++) {
+                const int t = order[k], row = g * cap + k;
+                st.slot_choice[(size_t)e * R + row] = t;
+                st.ec_gates[(size_t)e * R + row] = st.probs[(size_t)t * E + e];
+                st.ec_slot[(size_t)t * E + e] = row;
+            }
+        }
+        st.routed[e] = st.kept_count[e] = G * cap;
+    }
+}
+
+// Expert choice, the rest of the forward (after the router logits and scores):
+//   out_t = sum_s shared_s(u_t) + sum over the experts e that took t, in order, of p_t[e] FFN_e(u_t)
+//   aux = 0 (every expert holds exactly cap tokens of each group); z (and the entropy) as in token choice
+template <typename T>
+void ref_moe_expert_choice_forward(T* out, RefMoeState<T>& st, const RefMoeParams<T>& w, const T* u,
+                                   const ModelConfig& cfg, int N) {
+    const int C = cfg.dim, E = cfg.experts, K = cfg.top_k, F = cfg.expert_hidden, S = cfg.shared_experts,
+              Fs = cfg.shared_hidden;
+    ref_moe_expert_choice_select(st, cfg, N);
+    std::vector<T> a(std::max(F, Fs)), y(C);
+    for (int t = 0; t < N; t++) {
+        const T* ut = u + (long)t * C;
+        std::vector<double> acc(C, 0.0);
+        for (int s = 0; s < S; s++) {
+            ref_moe_ffn_token(a.data(), y.data(), ut, &w.shared_fc_w[(size_t)s * Fs * C], &w.shared_fc_b[(size_t)s * Fs],
+                              &w.shared_proj_w[(size_t)s * C * Fs], &w.shared_proj_b[(size_t)s * C], C, Fs);
+            for (int i = 0; i < C; i++) acc[i] += y[i];
+        }
+        for (int e = 0; e < E; e++) {
+            if (st.ec_slot[(size_t)t * E + e] < 0) continue;
+            ref_moe_ffn_token(a.data(), y.data(), ut, &w.fc_w[(size_t)e * F * C], &w.fc_b[(size_t)e * F],
+                              &w.proj_w[(size_t)e * C * F], &w.proj_b[(size_t)e * C], C, F);
+            for (int i = 0; i < C; i++) acc[i] += (double)st.probs[(size_t)t * E + e] * y[i];
+        }
+        for (int i = 0; i < C; i++) out[(long)t * C + i] = (T)acc[i];
+    }
+    ref_moe_aux_z(&st.aux, &st.z, st.norm_probs.data(), st.lse.data(), st.routed.data(), N, E, K);
+    st.aux = T(0);
+    ref_moe_entropy(&st.entropy, st.norm_probs.data(), N, E);
+}
+
 // The MoE layer's forward on u (N, C), N tokens: out (N, C), and st records the routing.
 // st.noise_eps must hold the draws when noise applies (training with cfg.router_noise).
 //   1. router logits r = u W_r^T (and u W_n^T with noise), then every token's routing
@@ -451,7 +541,12 @@ void ref_moe_forward(T* out, RefMoeState<T>& st, const RefMoeParams<T>& w, const
     if (use_noise) ref_matmul_forward(st.noise_logits.data(), u, w.noise.data(), (const T*)nullptr, N, C, E);
     ref_moe_route(st.probs.data(), st.gates.data(), st.topk_idx.data(), st.lse.data(), st.router_logits.data(),
                   st.noise_logits.data(), st.noise_eps.data(), N, E, K, use_noise,
-                  w.router_bias.empty() ? (const T*)nullptr : w.router_bias.data());
+                  w.router_bias.empty() ? (const T*)nullptr : w.router_bias.data(), cfg.sigmoid_gate() ? 1 : 0,
+                  st.norm_probs.data());
+    if (cfg.expert_choice()) {  // the experts pick their tokens (ref_moe_expert_choice_forward)
+        ref_moe_expert_choice_forward(out, st, w, u, cfg, N);
+        return;
+    }
     const int G = token_groups(cfg, N);
     std::vector<int> group_fill((size_t)E * G);
     ref_moe_capacity(st.kept.data(), st.slot.data(), st.slot_choice.data(), st.routed.data(), st.kept_count.data(),
@@ -481,7 +576,8 @@ void ref_moe_forward(T* out, RefMoeState<T>& st, const RefMoeParams<T>& w, const
         }
         for (int i = 0; i < C; i++) out[(long)t * C + i] = (T)acc[i];
     }
-    ref_moe_aux_z(&st.aux, &st.z, st.probs.data(), st.lse.data(), st.routed.data(), N, E, K);
+    ref_moe_aux_z(&st.aux, &st.z, st.norm_probs.data(), st.lse.data(), st.routed.data(), N, E, K);  // P on pn
+    ref_moe_entropy(&st.entropy, st.norm_probs.data(), N, E);
 }
 
 // Aux-loss-free balancing (--bias-rate gamma): after a training step's optimizer update, every
@@ -501,7 +597,7 @@ void ref_moe_bias_update(T* bias, const int* routed, int N, int E, int K, T gamm
 // ================================================================================================
 // 4. The loss (docs/model.md, 7 and 21)
 //
-// loss = mean_n CE_n + aux_coef * sum_layers aux + z_coef * sum_layers z
+// loss = mean_n CE_n + aux_coef * sum_layers aux + z_coef * sum_layers z - entropy_coef * sum_layers H
 
 // Cross-entropy of each token, fused with its gradient (7):
 //   losses[n] = -log softmax(logits[n,:])[target[n]]
@@ -534,12 +630,13 @@ void ref_mean_forward(T* out, const T* x, int n) {
 }
 
 // The MoE layer alone as a loss, for finite-difference tests of ref_moe_backward: for a fixed
-// output gradient dout, loss = dout . out + aux_coef aux + z_coef z, whose gradient ref_moe_backward computes.
+// output gradient dout, loss = dout . out + aux_coef aux + z_coef z - entropy_coef H, whose gradient
+// ref_moe_backward computes.
 template <typename T>
 double ref_moe_loss(const T* out, const T* dout, const RefMoeState<T>& st, const ModelConfig& cfg, int N) {
     double l = 0.0;
     for (long i = 0; i < (long)N * cfg.dim; i++) l += (double)dout[i] * out[i];
-    return l + (double)cfg.aux_coef * st.aux + (double)cfg.z_coef * st.z;
+    return l + (double)cfg.aux_coef * st.aux + (double)cfg.z_coef * st.z - (double)cfg.entropy_coef * st.entropy;
 }
 
 // ================================================================================================
@@ -647,14 +744,33 @@ void ref_moe_ffn_token_backward(T* du, T* dw1, T* db1, T* dw2, T* db2, const T* 
 //   gates (13):     K > 1: dp[e_j] += (dg_j - sum_j' dg_j' g_j') / D,  D = sum_j p[e_j];  K = 1: dp[e_0] += dg_0
 //   aux loss (19):  dp[i] += aux_coef * E * f_i / N   (f_i = routed[i] / (N K), a constant)
 //   softmax (11):   dh = p * (dp - sum_i p_i dp_i)
+// With the entropy bonus, dpn[i] += entropy_coef (ln pn_i + 1) / N (the gradient of -entropy_coef H).
+// With sigmoid_gate, p holds the scores s: the aux and entropy gradients are on pn = s / S
+// (S = sum_i s_i), ds = (dpn - sum_i pn_i dpn_i) / S, then the gates' gradient is added to ds, and
+// dh = ds * s (1 - s) replaces the softmax backward.
 //   z-loss (20):    dr = dh + z_coef * 2 lse / N * softmax(r)   (on the clean logits)
 //   noise (10):     dnl = dh * eps * sigmoid(nl)
 template <typename T>
 void ref_moe_router_token_backward(T* dr, T* dnl, const T* dg, const T* p, const T* gates, const int* topk,
                                    const T* r, T lse, const T* nl, const T* eps, const int* routed, int N, int E, int K,
-                                   T aux_coef, T z_coef, int use_noise) {
+                                   T aux_coef, T z_coef, int use_noise, int sigmoid_gate = 0,
+                                   T entropy_coef = T(0)) {
     std::vector<double> dp(E);
     for (int i = 0; i < E; i++) dp[i] = (double)aux_coef * E * ((double)routed[i] / ((double)N * K)) / N;
+    if (sigmoid_gate || entropy_coef != T(0)) {  // dp is dpn so far
+        std::vector<double> pn(E);
+        double score_sum = 0.0;
+        for (int i = 0; i < E; i++) score_sum += p[i];
+        for (int i = 0; i < E; i++) pn[i] = sigmoid_gate ? p[i] / score_sum : (double)p[i];
+        if (entropy_coef != T(0))
+            for (int i = 0; i < E; i++)
+                if (pn[i] > 0.0) dp[i] += (double)entropy_coef * (std::log(pn[i]) + 1.0) / N;
+        if (sigmoid_gate) {
+            double pdp = 0.0;
+            for (int i = 0; i < E; i++) pdp += pn[i] * dp[i];
+            for (int i = 0; i < E; i++) dp[i] = (dp[i] - pdp) / score_sum;
+        }
+    }
     if (K == 1) {
         dp[topk[0]] += dg[0];
     } else {
@@ -666,17 +782,105 @@ void ref_moe_router_token_backward(T* dr, T* dnl, const T* dg, const T* p, const
         for (int j = 0; j < K; j++) dp[topk[j]] += ((double)dg[j] - dgg) / D;
     }
     double pdp = 0.0;
-    for (int i = 0; i < E; i++) pdp += p[i] * dp[i];
+    if (!sigmoid_gate)
+        for (int i = 0; i < E; i++) pdp += p[i] * dp[i];
     for (int i = 0; i < E; i++) {
-        const double dh = p[i] * (dp[i] - pdp);
+        const double dh = sigmoid_gate ? dp[i] * ((double)p[i] * (1.0 - (double)p[i])) : p[i] * (dp[i] - pdp);
         dr[i] = (T)(dh + (double)z_coef * 2.0 * lse / N * std::exp((double)r[i] - lse));
         if (use_noise) dnl[i] = (T)(dh * eps[i] * ref_sigmoid((double)nl[i]));
     }
 }
 
+// Expert choice (--routing expert), one token's router backward: dg (E) holds dout_t . FFN_e(u_t)
+// for every expert e that took t (0 for the others); the gate is the raw score, so dp[e] = dg[e].
+// No aux gradient (aux is 0 by definition). The entropy bonus, the score function (softmax or
+// sigmoid), the z-loss and the noise path are as in ref_moe_router_token_backward.
+template <typename T>
+void ref_moe_expert_choice_token_backward(T* dr, T* dnl, const T* dg, const T* p, const T* r, T lse, const T* nl,
+                                          const T* eps, int N, int E, T z_coef, int use_noise, int sigmoid_gate,
+                                          T entropy_coef) {
+    std::vector<double> dp(E, 0.0);
+    if (entropy_coef != T(0)) {  // dp is dpn so far
+        std::vector<double> pn(E);
+        double score_sum = 0.0;
+        for (int i = 0; i < E; i++) score_sum += p[i];
+        for (int i = 0; i < E; i++) pn[i] = sigmoid_gate ? p[i] / score_sum : (double)p[i];
+        for (int i = 0; i < E; i++)
+            if (pn[i] > 0.0) dp[i] += (double)entropy_coef * (std::log(pn[i]) + 1.0) / N;
+        if (sigmoid_gate) {
+            double pdp = 0.0;
+            for (int i = 0; i < E; i++) pdp += pn[i] * dp[i];
+            for (int i = 0; i < E; i++) dp[i] = (dp[i] - pdp) / score_sum;
+        }
+    }
+    for (int i = 0; i < E; i++) dp[i] += (double)dg[i];
+    double pdp = 0.0;
+    if (!sigmoid_gate)
+        for (int i = 0; i < E; i++) pdp += p[i] * dp[i];
+    for (int i = 0; i < E; i++) {
+        const double dh = sigmoid_gate ? dp[i] * ((double)p[i] * (1.0 - (double)p[i])) : p[i] * (dp[i] - pdp);
+        dr[i] = (T)(dh + (double)z_coef * 2.0 * lse / N * std::exp((double)r[i] - lse));
+        if (use_noise) dnl[i] = (T)(dh * eps[i] * ref_sigmoid((double)nl[i]));
+    }
+}
+
+// Expert choice, the layer's backward (as ref_moe_backward, for fixed selections), token by token:
+//   shared experts: their output gradient is dout_t
+//   each expert e that took t: dg_e = dout_t . FFN_e(u_t), and e's output gradient is p_t[e] dout_t
+//   the router: dg -> dr, dnl (ref_moe_expert_choice_token_backward), then the router GEMMs
+template <typename T>
+void ref_moe_expert_choice_backward(T* du, RefMoeParams<T>& grads, const T* dout, const RefMoeState<T>& st,
+                                    const RefMoeParams<T>& w, const T* u, const ModelConfig& cfg, int N) {
+    const int C = cfg.dim, E = cfg.experts, F = cfg.expert_hidden, S = cfg.shared_experts, Fs = cfg.shared_hidden;
+    const int use_noise = st.noise_applied;
+    std::vector<T> a(std::max(F, Fs)), y(C), dy(C), dg(E), dr(E), dnl(E);
+    for (long i = 0; i < (long)N * C; i++) du[i] = T(0);
+    for (int t = 0; t < N; t++) {
+        const T* ut = u + (long)t * C;
+        const T* dot = dout + (long)t * C;
+        T* dut = du + (long)t * C;
+        for (int s = 0; s < S; s++) {
+            const size_t o1 = (size_t)s * Fs * C, ob = (size_t)s * Fs, o2 = (size_t)s * C * Fs, oc = (size_t)s * C;
+            ref_moe_ffn_token(a.data(), y.data(), ut, &w.shared_fc_w[o1], &w.shared_fc_b[ob], &w.shared_proj_w[o2],
+                              &w.shared_proj_b[oc], C, Fs);
+            ref_moe_ffn_token_backward(dut, &grads.shared_fc_w[o1], &grads.shared_fc_b[ob], &grads.shared_proj_w[o2],
+                                       &grads.shared_proj_b[oc], dot, ut, a.data(), &w.shared_fc_w[o1],
+                                       &w.shared_proj_w[o2], C, Fs);
+        }
+        const long o = (long)t * E;
+        for (int e = 0; e < E; e++) {
+            dg[e] = T(0);
+            if (st.ec_slot[(size_t)o + e] < 0) continue;  // e did not take t
+            const size_t o1 = (size_t)e * F * C, ob = (size_t)e * F, o2 = (size_t)e * C * F, oc = (size_t)e * C;
+            ref_moe_ffn_token(a.data(), y.data(), ut, &w.fc_w[o1], &w.fc_b[ob], &w.proj_w[o2], &w.proj_b[oc], C, F);
+            const T gate = st.probs[(size_t)o + e];
+            double g = 0.0;
+            for (int i = 0; i < C; i++) {
+                g += (double)dot[i] * y[i];
+                dy[i] = gate * dot[i];
+            }
+            dg[e] = (T)g;
+            ref_moe_ffn_token_backward(dut, &grads.fc_w[o1], &grads.fc_b[ob], &grads.proj_w[o2], &grads.proj_b[oc],
+                                       dy.data(), ut, a.data(), &w.fc_w[o1], &w.proj_w[o2], C, F);
+        }
+        ref_moe_expert_choice_token_backward(dr.data(), dnl.data(), dg.data(), &st.probs[o], &st.router_logits[o],
+                                             st.lse[t], &st.noise_logits[o], &st.noise_eps[o], N, E, (T)cfg.z_coef,
+                                             use_noise, cfg.sigmoid_gate() ? 1 : 0, (T)cfg.entropy_coef);
+        for (int e = 0; e < E; e++)
+            for (int i = 0; i < C; i++) {
+                dut[i] += dr[e] * w.router[(size_t)e * C + i];
+                grads.router[(size_t)e * C + i] += dr[e] * ut[i];
+                if (use_noise) {
+                    dut[i] += dnl[e] * w.noise[(size_t)e * C + i];
+                    grads.noise[(size_t)e * C + i] += dnl[e] * ut[i];
+                }
+            }
+    }
+}
+
 // The MoE layer's backward for the output gradient dout (N, C), the routing st of its forward, the
 // weights w and the input u: du (N, C) is overwritten, grads accumulate (+=). Differentiates
-// dout . out + aux_coef aux + z_coef z for fixed routing (docs/model.md, 22). Token by token:
+// dout . out + aux_coef aux + z_coef z - entropy_coef H for fixed routing (docs/model.md, 22). Token by token:
 //   shared experts: their output gradient is dout_t
 //   each kept choice: dg = dout_t . FFN_e(u_t) (18), and the expert's output gradient is g dout_t
 //   the router: dg -> dr, dnl (ref_moe_router_token_backward), then du_t += dr W_r + dnl W_n,
@@ -686,6 +890,10 @@ void ref_moe_backward(T* du, RefMoeParams<T>& grads, const T* dout, const RefMoe
                       const RefMoeParams<T>& w, const T* u, const ModelConfig& cfg, int N) {
     const int C = cfg.dim, E = cfg.experts, K = cfg.top_k, F = cfg.expert_hidden, S = cfg.shared_experts,
               Fs = cfg.shared_hidden;
+    if (cfg.expert_choice()) {  // the experts picked their tokens
+        ref_moe_expert_choice_backward(du, grads, dout, st, w, u, cfg, N);
+        return;
+    }
     const int use_noise = st.noise_applied;
     std::vector<T> a(std::max(F, Fs)), y(C), dy(C), dg(K), dr(E), dnl(E);
     for (long i = 0; i < (long)N * C; i++) du[i] = T(0);
@@ -721,7 +929,8 @@ void ref_moe_backward(T* du, RefMoeParams<T>& grads, const T* dout, const RefMoe
         ref_moe_router_token_backward(dr.data(), dnl.data(), dg.data(), &st.probs[o], &st.gates[(size_t)t * K],
                                       &st.topk_idx[(size_t)t * K], &st.router_logits[o], st.lse[t],
                                       &st.noise_logits[o], &st.noise_eps[o], st.routed.data(), N, E, K,
-                                      (T)cfg.aux_coef, (T)cfg.z_coef, use_noise);
+                                      (T)cfg.aux_coef, (T)cfg.z_coef, use_noise,
+                                      cfg.sigmoid_gate() ? 1 : 0, (T)cfg.entropy_coef);
         for (int e = 0; e < E; e++)
             for (int i = 0; i < C; i++) {
                 dut[i] += dr[e] * w.router[(size_t)e * C + i];
@@ -840,6 +1049,7 @@ template <typename T>
 struct RefModelResult {
     std::vector<T> logits;                 // (N, V)
     T total = 0, ce = 0, aux = 0, z = 0;   // losses: aux and z summed over the layers, before coefficients
+    T entropy = 0;                         // the router entropy H summed over the layers (--entropy-coef)
     std::vector<T> grads;                  // (number of parameters), the layout of model_parameter_table
     std::vector<RefMoeState<T>> moe;       // per block (MoE models only): its routing
 };
@@ -914,7 +1124,7 @@ struct RefModel {
     // Forward of a batch (inputs, targets: (B, Tn) token ids) and the loss:
     //   x = wte[idx] + wpe
     //   per block:  x = x + attn(LN(x; ln_1));   x = x + FFN(LN(x; ln_2))   (FFN: dense or MoE)
-    //   logits = LN(x; ln_f) wte^T;   loss = mean CE + aux_coef sum aux + z_coef sum z
+    //   logits = LN(x; ln_f) wte^T;   loss = mean CE + aux_coef sum aux + z_coef sum z - entropy_coef sum H
     // noise_eps[l] (N*E) holds block l's noise draws when noise applies (training with router_noise).
     // Fills blk (per block), x (the final residual stream), lnf with its mean and rstd, dlogits, and
     // r's logits, losses and routing.
@@ -971,10 +1181,14 @@ struct RefModel {
         ref_crossentropy_forward_backward(token_losses.data(), dlogits.data(), r.logits.data(), targets, N, V, T(1) / N);
         ref_mean_forward(&r.ce, token_losses.data(), N);
         r.total = r.ce;
-        r.aux = r.z = T(0);
+        r.aux = r.z = r.entropy = T(0);
         for (const auto& st : r.moe) {
             r.aux += st.aux; r.z += st.z;
             r.total += (T)cfg.aux_coef * st.aux + (T)cfg.z_coef * st.z;
+            if (cfg.entropy_coef != 0) {
+                r.entropy += st.entropy;
+                r.total -= (T)cfg.entropy_coef * st.entropy;
+            }
         }
     }
 

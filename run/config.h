@@ -378,11 +378,6 @@ inline bool resolve_and_validate(TrainConfig& c, std::string& error) {
         if (c.experts > 0 && !(c.capacity_factor > 0))
             return fail("--routing expert needs --capacity-factor > 0 (it sets how many tokens each expert takes)");
     }
-    // Variants whose kernels have not landed yet are refused rather than silently ignored.
-    // (Each implementation removes its line here.)
-    if (c.sigmoid_gate()) return fail("--gate sigmoid is not implemented yet");
-    if (c.expert_choice()) return fail("--routing expert is not implemented yet");
-    if (c.entropy_coef != 0) return fail("--entropy-coef is not implemented yet");
     if (c.experts == 0) return true;
     // The capacity is a count of tokens (an int): N fits one here, cf*N*K/E must too.
     if (c.capacity_factor * N * c.top_k / c.experts > limit)

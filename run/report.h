@@ -108,6 +108,8 @@ inline bool moe_stats_from_json(const json::Value& v, MoeStats& s) {
     s.aux = number_or_nan(v.get("aux"));
     s.z = number_or_nan(v.get("z"));
     s.expert_grad_norm = number_array<double>(v.get("expert_grad_norm"));
+    if (v.get("coverage") && v.get("coverage")->is_array())  // --routing expert
+        moe_stats_set_coverage(s, number_array<int>(v.get("coverage")));
     s.ep_ranks = (int)integer_or(v.get("ep_ranks"), 1);
     s.cross_rank_choices = (long)integer_or(v.get("cross_rank_choices"));
     s.cross_rank_bytes = number_or_nan(v.get("cross_rank_bytes"));
@@ -324,6 +326,27 @@ inline std::vector<std::pair<std::string, double>> summary_metrics(const RunHist
         }
     }
     if (n == 0) return out;
+    // expert choice: the mean and the largest number of experts per token, and the share of tokens
+    // no expert took (tokens_all_dropped counts those; drop_rate is 0 by construction)
+    double ept_mean = 0, ept_max = 0, untaken = 0;
+    int n_ec = 0;
+    for (const StepRecord* r : logged) {
+        if (r->step < from) continue;
+        for (const MoeStats& s : r->moe)
+            if (s.expert_choice && !s.coverage.empty()) {
+                long tokens = 0;
+                for (int c : s.coverage) tokens += c;
+                ept_mean += s.experts_per_token_mean;
+                ept_max = std::max(ept_max, (double)s.experts_per_token_max);
+                untaken += tokens > 0 ? (double)s.coverage[0] / tokens : 0.0;
+                n_ec++;
+            }
+    }
+    if (n_ec > 0) {
+        out.push_back({"experts_per_token_mean", ept_mean / n_ec});
+        out.push_back({"experts_per_token_max", ept_max});
+        out.push_back({"tokens_untaken_rate", untaken / n_ec});
+    }
     out.push_back({"drop_rate", drop / n});
     out.push_back({"tokens_all_dropped", all_dropped / n});
     out.push_back({"load_imbalance", imb / n});

@@ -205,14 +205,22 @@ inline void dump_state(Model& m, const TrainConfig& cfg, const TextData& data, c
     f.add_f32("loss.ce", {}, &losses.ce);
     f.add_f32("loss.aux", {}, &losses.aux);
     f.add_f32("loss.z", {}, &losses.z);
+    // with a non-zero --entropy-coef (0 is the default: the bonus is off and H is not computed)
+    if (m.cfg.entropy_coef != 0) f.add_f32("loss.entropy", {}, &losses.entropy);
     if (m.cfg.moe()) {
         const int K = m.cfg.top_k, E = m.cfg.experts;
         for (int l = 0; l < m.cfg.layers; l++) {
             const MoeActivations& a = m.blocks[l].moe;
             std::string h = "h." + std::to_string(l) + ".moe.";
-            f.add_i32(h + "topk_idx", {N, K}, device_to_host_int(a.topk_idx, (size_t)N * K).data());
-            f.add_i32(h + "kept", {N, K}, device_to_host_int(a.kept, (size_t)N * K).data());
-            f.add_f32(h + "gates", {N, K}, device_to_host(a.gates, (size_t)N * K).data());
+            if (m.cfg.expert_choice()) {  // the tokens each expert took (per group, best first) and their gates
+                const int R = expert_buffer_rows(m.cfg, N);
+                f.add_i32(h + "ec_tokens", {E, R}, device_to_host_int(a.slot_choice, (size_t)E * R).data());
+                f.add_f32(h + "ec_gates", {E, R}, device_to_host(a.ec_gates, (size_t)E * R).data());
+            } else {
+                f.add_i32(h + "topk_idx", {N, K}, device_to_host_int(a.topk_idx, (size_t)N * K).data());
+                f.add_i32(h + "kept", {N, K}, device_to_host_int(a.kept, (size_t)N * K).data());
+                f.add_f32(h + "gates", {N, K}, device_to_host(a.gates, (size_t)N * K).data());
+            }
             if (m.cfg.router_noise) f.add_f32(h + "noise_eps", {N, E}, device_to_host(a.noise_eps, (size_t)N * E).data());
         }
     }
@@ -270,7 +278,7 @@ struct TrainingRun {
     std::vector<MoeStatsBuffer> moe_stats;  // one per MoE layer, filled on the device at log steps
     std::vector<int32_t> val_x, val_y;      // one validation batch
     TrainingClock clock;
-    Losses last{NAN, NAN, NAN, NAN};        // of the last log step
+    Losses last{NAN, NAN, NAN, NAN, NAN};     // of the last log step
     float last_val = NAN, best_val = INFINITY;
 
     TrainingRun(Model& model, RunSetup& run)
@@ -319,16 +327,19 @@ struct TrainingRun {
         const double tokens_per_s = (double)B * T * clock.window_steps / std::max(window, 1e-9);
         record.flt("loss", last.total).flt("ce", last.ce);
         if (cfg.moe()) record.flt("aux", last.aux).flt("z", last.z);
+        if (cfg.entropy_coef != 0) record.flt("entropy", last.entropy);  // sum over layers of H (the bonus's)
         record.flt("lr", lr).flt("grad_norm", grad_norm).num("ms_per_step", std::round(ms * 1000) / 1000)
             .num("tokens_per_s", std::round(tokens_per_s));
         const double eta = (t - clock.run_start) / (double)(done - setup.start_step) * (double)(cfg.steps - done);
         printf("step %*lld/%d | loss %.4f", (int)std::to_string(cfg.steps).size(), done, cfg.steps, last.total);
-        if (cfg.moe()) printf(" (ce %.4f)", last.ce);
+        if (cfg.moe() && cfg.entropy_coef != 0) printf(" (ce %.4f, entropy %.4f)", last.ce, last.entropy);
+        else if (cfg.moe()) printf(" (ce %.4f)", last.ce);
         printf(" | lr %.2e | norm %.3f | %.1f ms/step | %.0f tok/s | eta %s", lr, grad_norm, ms, tokens_per_s,
                human_duration(eta).c_str());
         std::vector<MoeStats> stats;  // the routing of this step, every layer (after the timing)
         if (cfg.moe()) {
-            double drop = 0, entropy = 0, imbalance = 0, bias_range = 0;
+            double drop = 0, entropy = 0, imbalance = 0, bias_range = 0, untaken = 0;
+            int most_experts = 0;  // expert choice: the most experts any token got, over layers
             for (int l = 0; l < cfg.layers; l++) {
                 moe_stats_compute(moe_stats[l], m.blocks[l].moe, m.g.blocks[l].moe, m.cfg, B * T, cfg.ep_ranks);
                 stats.push_back(moe_stats_read(moe_stats[l], m.cfg, B * T, cfg.ep_ranks));
@@ -343,9 +354,16 @@ struct TrainingRun {
                 drop += stats.back().drop_rate / cfg.layers;
                 entropy += stats.back().router_entropy / cfg.layers;
                 imbalance = std::max(imbalance, stats.back().load_imbalance);
+                if (stats.back().expert_choice) {
+                    untaken += (double)stats.back().coverage[0] / (B * T) / cfg.layers;
+                    most_experts = std::max(most_experts, stats.back().experts_per_token_max);
+                }
             }
             record.raw("moe", moe_layers_json(stats));
-            printf(" | drop %.1f%% | H %.2f | imb %.2f", 100 * drop, entropy, imbalance);
+            if (cfg.expert_choice())  // nothing is dropped: the share of tokens no expert took, and the most experts on one token
+                printf(" | untaken %.1f%% | H %.2f | max experts/token %d", 100 * untaken, entropy, most_experts);
+            else
+                printf(" | drop %.1f%% | H %.2f | imb %.2f", 100 * drop, entropy, imbalance);
             if (m.router_bias) printf(" | bias range %.3g", bias_range);  // the largest over layers
         }
         printf("\n");
@@ -423,8 +441,8 @@ struct TrainingRun {
             model_forward(m, val_x.data(), val_y.data(), B, T, false, 0);
             std::vector<int> domains = batch_domains(data.domains, starts.data(), B, T);
             for (int l = 0; l < cfg.layers; l++) {
-                moe_copy_routing(idx, kept, m.blocks[l].moe, m.cfg, B * T);
-                sp.add(l, val_x.data(), domains.empty() ? nullptr : domains.data(), idx.data(), kept.data(), B * T, cfg.top_k);
+                const int width = moe_copy_routing(idx, kept, m.blocks[l].moe, m.cfg, B * T);  // K, or E (expert choice)
+                sp.add(l, val_x.data(), domains.empty() ? nullptr : domains.data(), idx.data(), kept.data(), B * T, width);
             }
         }
         const std::string text = sp.text();

@@ -13,6 +13,8 @@
 //  - the trainer accepts --groups 2 and --overflow reroute and trains.
 #include <gtest/gtest.h>
 
+#include <climits>
+
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -432,7 +434,10 @@ std::string groups_trainer() {
     }
     candidates.push_back("./train_moe_cpu");
     for (const auto& c : candidates)
-        if (access(c.c_str(), X_OK) == 0) return c;
+        if (access(c.c_str(), X_OK) == 0) {
+            char absolute[PATH_MAX];  // the trainer runs in a directory of its own
+            return realpath(c.c_str(), absolute) ? std::string(absolute) : c;
+        }
     return "";
 }
 
