@@ -8,6 +8,11 @@
 //     -> ::simt::launch("kernel", kernel, grid, block, shared_bytes, stream)(args...)
 //   extern __shared__ __align__(16) float buf[];
 //     -> float* buf = ::simt::dynamic_shared<float, 16>();
+//   __shared__ float tile[32][33];
+//     -> float (&tile)[32][33] = ::simt::static_shared<float[32][33]>();
+//
+// (static shared memory becomes the block's own copy, poisoned at every block start like dynamic
+// shared memory; see simt::static_shared).
 //
 // `kernel` may be a name, a qualified name (ns::k), a template-id (k<float, 4>) or a parenthesized
 // expression; the launch may span lines; the 2- and 3-argument configurations work as in CUDA
@@ -41,6 +46,7 @@ struct Result {
     std::vector<Error> errors;    // empty on success
     int launches = 0;             // launches rewritten
     int shared_arrays = 0;        // extern __shared__ declarations rewritten
+    int static_shared = 0;        // static __shared__ declarations rewritten
 };
 
 namespace detail {
@@ -374,6 +380,87 @@ inline Result rewrite(std::string_view src, std::string_view path) {
             edits.push_back({t[close].begin, t[close + 2].end, ")"});
             result.launches++;
             k = close + 2;
+            continue;
+        }
+
+        // ---- static shared memory: __shared__ [attributes] T name[N]...;  (or a scalar)
+        if (is_word(k, "__shared__") && !t[k].directive && !is_word(prev(k), "extern")) {
+            std::string type, alignment, dims;
+            int p = next(k), name = -1, semicolon = -1;
+            bool ok = true;
+            for (; p < n; p = next(p)) {
+                if (is_word(p, "__align__") || is_word(p, "alignas")) {
+                    const int paren = next(p);
+                    int depth = 0, q = paren;
+                    for (; q < n && is_punct(paren, "("); q++) {
+                        if (is_punct(q, "(")) depth++;
+                        if (is_punct(q, ")") && --depth == 0) break;
+                    }
+                    if (!is_punct(paren, "(") || q >= n) {
+                        ok = false;
+                        break;
+                    }
+                    alignment.clear();
+                    for (int a = paren + 1; a < q; a++)
+                        if (significant(a)) alignment += std::string(text(a)) + (t[a + 1].kind == Kind::Space ? " " : "");
+                    while (!alignment.empty() && alignment.back() == ' ') alignment.pop_back();
+                    p = q;
+                    continue;
+                }
+                // the declarator's name: an identifier followed by '[' or ';'
+                if (t[p].kind == Kind::Identifier && !type.empty() && (is_punct(next(p), "[") || is_punct(next(p), ";"))) {
+                    name = p;
+                    int q = next(p);
+                    while (is_punct(q, "[")) {
+                        int depth = 0, r = q;
+                        for (; r < n; r++) {
+                            if (is_punct(r, "[")) depth++;
+                            if (is_punct(r, "]") && --depth == 0) break;
+                            if (is_punct(r, ";")) break;
+                        }
+                        if (r >= n || !is_punct(r, "]") || next(q) == r) {
+                            ok = false;
+                            break;
+                        }
+                        for (int a = q; a <= r; a++) {
+                            if (!significant(a)) continue;
+                            if (a > q && !significant(a - 1) && dims.back() != '[' && !is_punct(a, "]")) dims += ' ';
+                            dims += text(a);
+                        }
+                        q = next(r);
+                    }
+                    if (ok && is_punct(q, ";")) semicolon = q;
+                    else ok = false;
+                    break;
+                }
+                if (t[p].kind != Kind::Identifier && !is_punct(p, "::") && !is_punct(p, "<") && !is_punct(p, ">") &&
+                    !is_punct(p, ",") && t[p].kind != Kind::Number) {
+                    ok = false;
+                    break;
+                }
+                if (!type.empty() && t[p - 1].kind == Kind::Space) type += ' ';
+                type += text(p);
+            }
+            if (!ok || name < 0 || type.empty()) {
+                error(k, "cuda_to_cpp: __shared__ declaration not understood: write `__shared__ [__align__(N)] T name[N]...;` "
+                         "(one variable per declaration)");
+                continue;
+            }
+            if (namespace_scope.empty() || namespace_scope.back()) {
+                error(k, "cuda_to_cpp: __shared__ outside a function: the CPU build supports it inside a kernel (or a "
+                         "__device__ function) only");
+                k = semicolon;
+                continue;
+            }
+            const std::string full = type + dims;
+            std::string with = dims.empty() ? type + "& " + std::string(text(name))
+                                            : type + " (&" + std::string(text(name)) + ")" + dims;
+            with += " = ::simt::static_shared<" + full + (alignment.empty() ? "" : ", " + alignment) + ">();";
+            for (size_t b = t[k].begin; b < t[semicolon].end; b++)
+                if (src[b] == '\n') with += "\n";
+            edits.push_back({t[k].begin, t[semicolon].end, with});
+            result.static_shared++;
+            k = semicolon;
             continue;
         }
 

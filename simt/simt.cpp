@@ -41,6 +41,33 @@
 #include <boost/context/detail/fcontext.hpp>
 #endif
 
+// Racecheck: the ThreadSanitizer build (make test-tsan). The kernels and tests are compiled with
+// -fsanitize=thread; this file is not (its scheduler state is shared by the fibers of a block in
+// ways TSan cannot see as ordered) but tells TSan, through its annotation interface, what a GPU
+// orders: every CUDA thread is a TSan fiber, switched with the no-sync flag so that running one
+// after another is not mistaken for synchronisation; a __syncthreads orders the block's threads,
+// a completed warp operation orders the lanes that took part, a launch orders what the host did
+// before it with every thread, and every thread with what the host does after it.
+#if defined(SIMT_TSAN) && SIMT_TSAN
+#define SIMT_RACECHECK 1
+#ifndef SIMT_FIBERS_UCONTEXT
+#error "the ThreadSanitizer build needs ucontext fibers (-DSIMT_FIBERS_UCONTEXT)"
+#endif
+extern "C" {
+void __tsan_acquire(void* addr);
+void __tsan_release(void* addr);
+void* __tsan_get_current_fiber(void);
+void* __tsan_create_fiber(unsigned flags);
+void __tsan_destroy_fiber(void* fiber);
+void __tsan_switch_to_fiber(void* fiber, unsigned flags);
+void __tsan_set_fiber_name(void* fiber, const char* name);
+void __tsan_ignore_thread_begin(void);
+void __tsan_ignore_thread_end(void);
+}
+#else
+#define SIMT_RACECHECK 0
+#endif
+
 thread_local constinit uint3 threadIdx = {0, 0, 0};
 thread_local constinit uint3 blockIdx = {0, 0, 0};
 thread_local constinit dim3 blockDim = dim3(1, 1, 1);
@@ -116,7 +143,7 @@ long synchronizations() { return g_syncs.load(); }
 namespace {
 constexpr size_t kAlign = 256;
 constexpr size_t kPage = 4096;
-#if SIMT_ASAN
+#if SIMT_ASAN || SIMT_RACECHECK
 constexpr size_t kDefaultReserveGiB = 16;
 #else
 constexpr size_t kDefaultReserveGiB = 64;
@@ -327,6 +354,8 @@ namespace detail {
 namespace {
 #if SIMT_ASAN
 constexpr size_t kDefaultStackKiB = 256;  // ASan's redzones make frames much bigger
+#elif SIMT_RACECHECK
+constexpr size_t kDefaultStackKiB = 128;
 #else
 constexpr size_t kDefaultStackKiB = 64;
 #endif
@@ -348,7 +377,7 @@ struct Stack {
 
 // One mmap per stack with a PROT_NONE guard page below it. Created on demand, never freed:
 // each worker keeps its stacks in a free list and reuses them for every later block.
-Stack new_stack() {
+[[maybe_unused]] Stack new_stack() {
     size_t size = stack_bytes();
     char* p = (char*)mmap(nullptr, size + kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                           -1, 0);
@@ -391,6 +420,11 @@ struct Fiber {
     short width;                  // warp operations: width (1..32)
     FiberState state;
     unsigned char op;             // BarrierOp or WarpOp while parked
+#if SIMT_RACECHECK
+    void* tsan_fiber;             // this CUDA thread's TSan fiber (created for each block)
+    void* warp_sync;              // the sync object of the warp operation it waits at
+    unsigned warp_group_generation;  // warp operations completed whose mask's lowest lane is this one
+#endif
 };
 #ifndef SIMT_FIBERS_UCONTEXT
 static_assert(sizeof(Fiber) == 64, "one cache line per CUDA thread");
@@ -406,6 +440,30 @@ struct Worker {
     std::vector<std::unique_ptr<Stack>> stacks;  // every stack this worker ever created
     std::vector<Stack*> free_stacks;
     unsigned char* shared = nullptr;  // dynamic shared memory (kMaxDynamicSharedOptin bytes)
+    // Static __shared__ variables of the block being run: (site, type) -> offset in static_arena.
+    struct StaticSlot {
+        const void* site;
+        const void* type;
+        void* address;
+    };
+    std::vector<StaticSlot> static_slots;
+    unsigned char* static_arena = nullptr;  // kMaxStaticShared bytes
+    size_t static_used = 0;
+#if SIMT_RACECHECK
+    // Racecheck: every block gets fresh stacks, shared memory and sync objects (new memory has no
+    // TSan history, so nothing a previous block did on this worker looks ordered or racy), and
+    // fresh TSan fibers created by the worker's own context (the launch's start is all they inherit).
+    void* tsan_scheduler = nullptr;  // the worker thread's own TSan context
+    char* tsan_stack_region = nullptr;
+    size_t tsan_stack_region_bytes = 0;
+    std::vector<Stack> tsan_stacks;
+    unsigned long long* tsan_sync = nullptr;  // [0..1] barrier generations, then 2 per thread
+    unsigned barrier_generation = 0;
+    // Finished fibers are destroyed only this many blocks' worth later: TSan reuses the slot of a
+    // destroyed one soon, and with it goes the stack trace of its accesses, which a race report
+    // with a later block needs ("Previous write ... by thread T6").
+    std::vector<void*> tsan_finished;
+#endif
 
     // The block being run.
     const Launch* launch = nullptr;
@@ -438,11 +496,21 @@ struct Worker {
         runlist.reserve(kMaxThreadsPerBlock);
         round.reserve(kMaxThreadsPerBlock);
         barrier_list.reserve(kMaxThreadsPerBlock);
+        static_slots.reserve(16);
+#if !SIMT_RACECHECK
         shared = (unsigned char*)aligned_alloc(4096, (kMaxDynamicSharedOptin + 4095) / 4096 * 4096);
+        static_arena = (unsigned char*)aligned_alloc(4096, kMaxStaticShared);
+#endif
     }
-    ~Worker() { free(shared); }
+    ~Worker() {
+        free(shared);
+        free(static_arena);
+    }
 };
 thread_local Worker* tls_worker = nullptr;
+#if SIMT_RACECHECK
+char g_tsan_launch_start, g_tsan_launch_end;  // TSan sync objects: the host's side of every launch
+#endif
 
 // Thrown into parked fibers to unwind them when their block is abandoned.
 struct FiberUnwind {};
@@ -464,6 +532,9 @@ void record_failure(Worker* w, const std::string& what) {
                           thread_string(w->current->tid).c_str());
     }
     w->aborting = true;
+#if SIMT_RACECHECK
+    __tsan_release(&g_tsan_launch_end);  // the message, built on this fiber, is read by the host
+#endif
 }
 
 // Runs one CUDA thread to completion; any exception ends the block.
@@ -493,12 +564,16 @@ void fiber_entry_point();
 #endif
 inline void prepare(Worker* w, Fiber* to) {
     if (to->state == kNew) {
+#if SIMT_RACECHECK
+        to->stack = &w->tsan_stacks[to - w->fibers.data()];  // the block's own (see run_block)
+#else
         if (w->free_stacks.empty()) {
             w->stacks.push_back(std::make_unique<Stack>(new_stack()));
             w->free_stacks.push_back(w->stacks.back().get());
         }
         to->stack = w->free_stacks.back();
         w->free_stacks.pop_back();
+#endif
 #if SIMT_ASAN
         // A recycled stack still carries the poisoned redzones of frames that never returned.
         __asan_unpoison_memory_region(to->stack->lo, to->stack->size);
@@ -519,7 +594,11 @@ inline void prepare(Worker* w, Fiber* to) {
 // On arrival in a context: a fiber that finished and switched here gives its stack back (it is
 // no longer running on it).
 inline void recycle_if_done(Worker* w, Fiber* prev) {
+#if SIMT_RACECHECK
+    (void)w, (void)prev;  // stacks live as long as their block
+#else
     if (prev != nullptr && prev->state == kDone) w->free_stacks.push_back(prev->stack);
+#endif
 }
 
 #ifdef SIMT_FIBERS_UCONTEXT
@@ -536,6 +615,9 @@ void transfer(Worker* w, Fiber* from, Fiber* to) {
     const bool dying = from != nullptr && from->state == kDone;
     if (to != nullptr) __sanitizer_start_switch_fiber(dying ? nullptr : &fake, to->stack->lo, (size_t)(to->stack->top - to->stack->lo));
     else __sanitizer_start_switch_fiber(dying ? nullptr : &fake, w->scheduler_stack_bottom, w->scheduler_stack_size);
+#endif
+#if SIMT_RACECHECK
+    __tsan_switch_to_fiber(to != nullptr ? to->tsan_fiber : w->tsan_scheduler, 1 /* no_sync */);
 #endif
     swapcontext(save, target);
 #if SIMT_ASAN
@@ -558,6 +640,9 @@ void fiber_entry_point() {
     recycle_if_done(w, w->switch_from);
     Fiber* self = w->current;
     run_thread(w);
+#if SIMT_RACECHECK
+    __tsan_release(&g_tsan_launch_end);  // everything this thread did happens before the host's next step
+#endif
     self->state = kDone;
     --w->live;
     transfer(w, self, pick_next(w));  // never comes back: a finished fiber is not resumed
@@ -693,7 +778,16 @@ int block_barrier(BarrierOp op, int predicate, const std::source_location& loc) 
     w->barrier_and &= predicate != 0;
     w->barrier_or |= predicate != 0;
     w->barrier_list.push_back((int)(f - w->fibers.data()));
+#if SIMT_RACECHECK
+    // One sync object per barrier generation, two alternating: every thread of the block resumes
+    // from generation g (and acquires) before any thread can arrive at generation g + 2.
+    unsigned long long* sync = &w->tsan_sync[w->barrier_generation & 1];
+    __tsan_release(sync);
+#endif
     park(w, f);
+#if SIMT_RACECHECK
+    __tsan_acquire(sync);
+#endif
     if (w->aborting) throw FiberUnwind{};
     return (int)f->result;
 }
@@ -711,9 +805,52 @@ unsigned long long warp_op(WarpOp op, unsigned mask, unsigned long long value, i
     f->width = (short)(width < -1 ? -1 : width > 64 ? 64 : width);  // validated when the warp resolves
     f->site = loc;
     ++w->warp_waiters;
+#if SIMT_RACECHECK
+    // One sync object per operation: the lanes of an operation share its mask, so its lowest lane
+    // names it (two pending operations of a warp cannot share a lane), and that lane's count of
+    // completed operations picks one of two objects (every lane resumes from operation g before
+    // any operation g + 2 of the same lowest lane can complete). Lanes outside the mask use other
+    // objects: a warp operation orders only the lanes it names.
+    {
+        const int self = (int)(f - w->fibers.data()), base = self & ~31;
+        const int lanes = std::min(32, w->nthreads - base);
+        const unsigned named = mask & (lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1));
+        const int low = named != 0 ? base + __builtin_ctz(named) : self;
+        f->warp_sync = &w->tsan_sync[2 + 2 * low + (w->fibers[(size_t)low].warp_group_generation & 1)];
+        __tsan_release(f->warp_sync);
+    }
+#endif
     park(w, f);
+#if SIMT_RACECHECK
+    __tsan_acquire(f->warp_sync);
+#endif
     if (w->aborting) throw FiberUnwind{};
     return f->result;
+}
+
+void* static_shared_slot(const void* site, const void* type, size_t bytes, size_t alignment) {
+    Fiber* f = current_fiber("a static __shared__ declaration");
+    (void)f;
+    Worker* w = tls_worker;
+    for (const Worker::StaticSlot& slot : w->static_slots)
+        if (slot.site == site && slot.type == type) return slot.address;
+    const size_t offset = (w->static_used + alignment - 1) / alignment * alignment;
+    if (offset + bytes > kMaxStaticShared)
+        throw DeviceTrap{format("static __shared__ variables of more than %zu bytes (nvcc rejects this kernel)",
+                                kMaxStaticShared)};
+#if SIMT_RACECHECK
+    // Allocated and poisoned on this CUDA thread's fiber but invisibly to TSan: the poison is no
+    // access of this thread that the others would race with.
+    __tsan_ignore_thread_begin();
+    if (w->static_arena == nullptr) w->static_arena = (unsigned char*)aligned_alloc(64, kMaxStaticShared);
+    memset(w->static_arena + offset, 0xFF, bytes);
+    __tsan_ignore_thread_end();
+#else
+    memset(w->static_arena + offset, 0xFF, bytes);
+#endif
+    w->static_used = offset + bytes;
+    w->static_slots.push_back(Worker::StaticSlot{site, type, w->static_arena + offset});
+    return w->static_arena + offset;
 }
 
 unsigned active_mask() {
@@ -813,6 +950,9 @@ void fail_block(Worker* w, const std::string& message) {
         w->error = message;
     }
     w->aborting = true;
+#if SIMT_RACECHECK
+    __tsan_release(&g_tsan_launch_end);  // the message, built on whichever fiber runs this, is read by the host
+#endif
 }
 
 unsigned long long splitmix64(unsigned long long& state) {
@@ -824,6 +964,7 @@ unsigned long long splitmix64(unsigned long long& state) {
 
 std::atomic<unsigned long long> g_shuffle{0};
 std::atomic<bool> g_shuffle_init{false};
+std::atomic<bool> g_strict_sync{true};
 
 void shuffle_runlist(Worker* w) {
     std::vector<int>& r = w->runlist;
@@ -934,6 +1075,9 @@ bool resolve_warp(Worker* w, int warp) {
                 return false;
             }
         }
+#if SIMT_RACECHECK
+        ++F[__builtin_ctz(M)].warp_group_generation;  // this operation's sync object is done with
+#endif
         for (unsigned bits = M; bits; bits &= bits - 1) {
             const int l = __builtin_ctz(bits);
             Fiber& g = F[l];
@@ -974,6 +1118,13 @@ bool resolve(Worker* w) {
         if (!w->runlist.empty()) return true;
     }
     if (w->barrier_waiters == w->live && w->live > 0 && !w->barrier_mixed) {
+        if (w->live < w->nthreads && g_strict_sync.load(std::memory_order_relaxed)) {
+            fail_block(w, format("simt: barrier divergence in kernel '%s' %s: %s; a __syncthreads must be reached by "
+                                 "every thread of the block, and threads that exit before it make it undefined "
+                                 "(strict synccheck; SIMT_STRICT_SYNC=0 lets exited threads count as arrived)",
+                                 w->launch->name, block_string(*w).c_str(), describe_threads(w, 0, w->nthreads).c_str()));
+            return false;
+        }
         unsigned long long result = 0;
         switch ((BarrierOp)w->barrier_op) {
             case BarrierOp::Count: result = (unsigned)w->barrier_count; break;
@@ -989,6 +1140,9 @@ bool resolve(Worker* w) {
         w->runlist.swap(w->barrier_list);  // released in arrival order (ascending unless shuffled)
         w->barrier_list.clear();
         w->barrier_waiters = 0;
+#if SIMT_RACECHECK
+        ++w->barrier_generation;
+#endif
         return true;
     }
     fail_block(w, format("simt: %s divergence in kernel '%s' %s: %s", w->warp_waiters ? "warp" : "barrier",
@@ -1033,6 +1187,77 @@ void abort_block(Worker* w) {
     }
 }
 
+#if SIMT_RACECHECK
+constexpr size_t kTsanFinishedFibers = 512;  // per worker (TSan allows 8,128 threads in all)
+
+// Called on the worker's own context before the block's first thread runs: new stacks, new
+// dynamic shared memory and new sync objects (fresh memory carries no TSan history).
+void tsan_block_memory(Worker* w, const Launch& L, int n) {
+    w->tsan_scheduler = __tsan_get_current_fiber();
+    const size_t stack = stack_bytes();
+    w->tsan_stack_region_bytes = (size_t)n * (stack + kPage);
+    // Inside an ignore region TSan resets the new mapping's history instead of recording a write
+    // to every byte of it (which costs four bytes of shadow per byte of stack).
+    __tsan_ignore_thread_begin();
+    w->tsan_stack_region = (char*)mmap(nullptr, w->tsan_stack_region_bytes, PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    __tsan_ignore_thread_end();
+    if (w->tsan_stack_region == MAP_FAILED) {
+        perror("simt: cannot allocate the fiber stacks of a block");
+        abort();
+    }
+    w->tsan_stacks.resize((size_t)n);
+    for (int i = 0; i < n; ++i) {
+        char* guard = w->tsan_stack_region + (size_t)i * (stack + kPage);
+        protect_range(guard, kPage, false);
+        const size_t colour = (size_t)(i % 61) * 64;
+        w->tsan_stacks[(size_t)i] = Stack{guard + kPage, stack, guard + kPage + stack - colour};
+    }
+    w->shared = (unsigned char*)aligned_alloc(16, std::max<size_t>(16, (L.shared_bytes + 15) / 16 * 16));
+    dynamic_shared_base = w->shared;
+    w->static_arena = nullptr;  // allocated by the first static __shared__ declaration reached
+    w->tsan_sync = (unsigned long long*)calloc(2 + 2 * (size_t)n, sizeof(unsigned long long));
+    w->barrier_generation = 0;
+}
+
+// Then, once the shared memory is poisoned: one new TSan fiber per CUDA thread, named after it,
+// which inherits the worker context's clock (the launch's start and the poisoning) and nothing else.
+void tsan_block_fibers(Worker* w, const Launch& L, int n) {
+    char name[192];
+    for (int i = 0; i < n; ++i) {
+        Fiber& f = w->fibers[(size_t)i];
+        f.tsan_fiber = __tsan_create_fiber(0);
+        f.warp_group_generation = 0;
+        snprintf(name, sizeof name, "thread (%d,%d,%d) block (%u,%u,%u) %s", i % (int)L.block.x,
+                 (i / (int)L.block.x) % (int)L.block.y, i / (int)(L.block.x * L.block.y), blockIdx.x, blockIdx.y,
+                 blockIdx.z, L.name);
+        __tsan_set_fiber_name(f.tsan_fiber, name);
+    }
+}
+
+// Called on the worker's own context when the block is over. The frees are not accesses (the
+// block's threads are not ordered with this context; the next allocation of this memory resets
+// its history anyway).
+void tsan_block_end(Worker* w) {
+    for (int i = 0; i < w->nthreads; ++i) w->tsan_finished.push_back(w->fibers[(size_t)i].tsan_fiber);
+    if (w->tsan_finished.size() > kTsanFinishedFibers + kTsanFinishedFibers / 2) {
+        const size_t excess = w->tsan_finished.size() - kTsanFinishedFibers;
+        for (size_t i = 0; i < excess; ++i) __tsan_destroy_fiber(w->tsan_finished[i]);
+        w->tsan_finished.erase(w->tsan_finished.begin(), w->tsan_finished.begin() + (long)excess);
+    }
+    munmap(w->tsan_stack_region, w->tsan_stack_region_bytes);
+    w->tsan_stack_region = nullptr;
+    __tsan_ignore_thread_begin();
+    free(w->shared);
+    free(w->static_arena);
+    free(w->tsan_sync);
+    __tsan_ignore_thread_end();
+    w->shared = w->static_arena = nullptr;
+    w->tsan_sync = nullptr;
+    dynamic_shared_base = nullptr;
+}
+#endif
+
 void run_block(Worker* w, const Launch& L, unsigned long long linear) {
     const unsigned gx = L.grid.x, gy = L.grid.y;
     blockIdx = uint3{(unsigned)(linear % gx), (unsigned)((linear / gx) % gy), (unsigned)(linear / ((unsigned long long)gx * gy))};
@@ -1050,7 +1275,15 @@ void run_block(Worker* w, const Launch& L, unsigned long long linear) {
     __asan_unpoison_memory_region(w->shared, cap);
     __asan_poison_memory_region(w->shared + L.shared_bytes, cap - L.shared_bytes);
 #endif
+#if SIMT_RACECHECK
+    tsan_block_memory(w, L, n);
+#endif
     if (L.shared_bytes > 0) memset(w->shared, 0xFF, L.shared_bytes);
+#if SIMT_RACECHECK
+    tsan_block_fibers(w, L, n);
+#endif
+    w->static_slots.clear();
+    w->static_used = 0;
     w->runlist.clear();
     for (int i = 0; i < n; ++i) {
         Fiber& f = w->fibers[i];
@@ -1070,6 +1303,9 @@ void run_block(Worker* w, const Launch& L, unsigned long long linear) {
     transfer(w, nullptr, pick_next(w));  // back here when the block is done or abandoned
     if (w->aborting) abort_block(w);
     w->current = nullptr;
+#if SIMT_RACECHECK
+    tsan_block_end(w);
+#endif
 }
 }  // namespace
 
@@ -1107,6 +1343,9 @@ void run_share(Worker* w, const Launch& L, unsigned long long total, int nworker
     blockDim = L.block;
     gridDim = L.grid;
     dynamic_shared_base = w->shared;
+#if SIMT_RACECHECK
+    __tsan_acquire(&g_tsan_launch_start);  // the fibers this context creates inherit the host's past
+#endif
     Pool& p = pool();
     for (unsigned long long b = (unsigned long long)w->index; b < total; b += (unsigned long long)nworkers) {
         if (p.grid_failed.load(std::memory_order_relaxed)) break;
@@ -1174,6 +1413,80 @@ void ensure_pool() {
 }
 }  // namespace
 
+// ---- the resource table of the nvcc check, and the launch log it is checked against ----
+struct KernelResources {
+    std::string arch;
+    int registers;
+    long static_shared;
+};
+std::mutex g_resources_mutex;
+std::map<std::string, std::vector<KernelResources>> g_resources;  // base name -> one entry per arch
+std::string g_resources_path;
+std::string g_launch_log_path;
+std::vector<std::string> g_logged_launches;
+
+// "ns::kernel<T, 4>" -> "kernel" (the name ptxas's table uses; instantiations share it and the
+// table holds their largest numbers); "" for a parenthesized kernel expression.
+std::string kernel_base_name(const char* name) {
+    std::string s = name;
+    if (s.empty() || s[0] == '(') return "";
+    s = s.substr(0, s.find('<'));
+    const size_t colons = s.rfind("::");
+    if (colons != std::string::npos) s = s.substr(colons + 2);
+    while (!s.empty() && s.back() == ' ') s.pop_back();
+    while (!s.empty() && s.front() == ' ') s.erase(0, 1);
+    return s;
+}
+
+void log_launch(const Launch& L, size_t attribute) {
+    std::lock_guard<std::mutex> lock(g_resources_mutex);
+    if (g_launch_log_path.empty()) return;
+    const unsigned long long threads = (unsigned long long)L.block.x * L.block.y * L.block.z;
+    const std::string line = format("%s\t%llu\t%zu\t%lld\n", L.name, threads, L.shared_bytes,
+                                    attribute == 0 ? -1LL : (long long)attribute);
+    for (const std::string& seen : g_logged_launches)
+        if (seen == line) return;
+    g_logged_launches.push_back(line);
+    if (FILE* f = fopen(g_launch_log_path.c_str(), "a")) {
+        fputs(line.c_str(), f);
+        fclose(f);
+    }
+}
+
+// A GPU refuses a launch whose block needs more registers than an SM has (registers are given
+// to warps in units of 256) or more dynamic shared memory than the kernel's limit, which is
+// 48 KiB minus its static shared memory unless raised with cudaFuncSetAttribute.
+bool check_launch_resources(const Launch& L, size_t attribute) {
+    std::lock_guard<std::mutex> lock(g_resources_mutex);
+    if (g_resources.empty()) return true;
+    auto it = g_resources.find(kernel_base_name(L.name));
+    if (it == g_resources.end()) return true;
+    const unsigned long long threads = (unsigned long long)L.block.x * L.block.y * L.block.z;
+    const unsigned long long warps = (threads + 31) / 32;
+    for (const KernelResources& r : it->second) {
+        const unsigned long long per_warp = ((unsigned long long)r.registers * 32 + 255) / 256 * 256;
+        if (warps * per_warp > 65536) {
+            report(cudaErrorLaunchOutOfResources,
+                   format("simt: kernel '%s' launched with %llu threads per block: at %d registers per thread (ptxas, "
+                          "%s) the block needs %llu registers, more than the SM's 65536 (too many resources requested "
+                          "for launch; table %s)",
+                          L.name, threads, r.registers, r.arch.c_str(), warps * per_warp, g_resources_path.c_str()));
+            return false;
+        }
+        const long limit = attribute != 0 ? (long)attribute : (long)kDefaultDynamicShared - r.static_shared;
+        if ((long)L.shared_bytes > limit) {
+            report(cudaErrorInvalidValue,
+                   format("simt: kernel '%s' launched with %zu bytes of dynamic shared memory; with its %ld bytes of "
+                          "static shared memory (ptxas, %s) the limit is %ld bytes%s (table %s)",
+                          L.name, L.shared_bytes, r.static_shared, r.arch.c_str(), limit,
+                          attribute != 0 ? " (its cudaFuncAttributeMaxDynamicSharedMemorySize)" : "",
+                          g_resources_path.c_str()));
+            return false;
+        }
+    }
+    return true;
+}
+
 bool validate_launch(const Launch& L) {
     const dim3 g = L.grid, b = L.block;
     const unsigned long long threads = (unsigned long long)b.x * b.y * b.z;
@@ -1188,12 +1501,13 @@ bool validate_launch(const Launch& L) {
                       g.y, g.z, b.x, b.y, b.z, why));
         return false;
     }
-    size_t limit = kDefaultDynamicShared;
+    size_t limit = kDefaultDynamicShared, attribute = 0;
     {
         std::lock_guard<std::mutex> lock(g_attr_mutex);
         auto it = g_max_dynamic_shared.find(L.kernel);
-        if (it != g_max_dynamic_shared.end()) limit = std::max(limit, it->second);
+        if (it != g_max_dynamic_shared.end()) limit = std::max(limit, it->second), attribute = it->second;
     }
+    log_launch(L, attribute);
     if (L.shared_bytes > limit) {
         report(cudaErrorInvalidValue,
                format("simt: kernel '%s' launched with %zu bytes of dynamic shared memory; the limit is %zu bytes%s",
@@ -1204,7 +1518,7 @@ bool validate_launch(const Launch& L) {
                           : ""));
         return false;
     }
-    return true;
+    return check_launch_resources(L, attribute);
 }
 
 bool check_pointer_argument(const char* kernel, int index, const void* p) {
@@ -1239,6 +1553,9 @@ void run_launch(const Launch& L) {
     const unsigned long long total = (unsigned long long)L.grid.x * L.grid.y * L.grid.z;
     p.grid_failed.store(false);
     const int n = p.configured;
+#if SIMT_RACECHECK
+    __tsan_release(&g_tsan_launch_start);
+#endif
     if (n > 1 && total > 1) {
         {
             std::lock_guard<std::mutex> lock(p.mutex);
@@ -1254,6 +1571,9 @@ void run_launch(const Launch& L) {
     } else {
         run_share(p.workers[0].get(), L, total, 1);
     }
+#if SIMT_RACECHECK
+    __tsan_acquire(&g_tsan_launch_end);
+#endif
     if (p.grid_failed.load()) {
         // Report the failure of the lowest-numbered failed block (deterministic for any worker count).
         Worker* first = nullptr;
@@ -1286,6 +1606,42 @@ void set_shuffle(unsigned long long seed) {
     detail::g_shuffle = seed;
 }
 unsigned long long shuffle_seed() { return detail::g_shuffle.load(); }
+void set_strict_sync(bool on) { detail::g_strict_sync = on; }
+bool strict_sync() { return detail::g_strict_sync.load(); }
+bool racecheck() { return SIMT_RACECHECK != 0; }
+
+void set_launch_log(const char* path) {
+    std::lock_guard<std::mutex> lock(detail::g_resources_mutex);
+    detail::g_launch_log_path = path != nullptr ? path : "";
+    detail::g_logged_launches.clear();
+}
+
+// The table simt/ptxas_gate writes: '#' comment lines, then per kernel and architecture
+// "kernel<TAB>arch<TAB>registers<TAB>stack<TAB>spill_stores<TAB>spill_loads<TAB>static_shared...".
+// An empty path (or nullptr) unloads it.
+int load_resource_table(const char* path) {
+    std::lock_guard<std::mutex> lock(detail::g_resources_mutex);
+    detail::g_resources.clear();
+    detail::g_resources_path = path != nullptr ? path : "";
+    if (path == nullptr || *path == 0) return 0;
+    FILE* f = fopen(path, "r");
+    if (f == nullptr) {
+        fprintf(stderr, "simt: cannot read the resource table %s\n", path);
+        return 0;
+    }
+    char line[1024];
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] == '#' || line[0] == '\n') continue;
+        char name[512], arch[32];
+        int registers = 0;
+        long stack = 0, spill_stores = 0, spill_loads = 0, shared = 0;
+        if (sscanf(line, "%511[^\t]\t%31[^\t]\t%d\t%ld\t%ld\t%ld\t%ld", name, arch, &registers, &stack, &spill_stores,
+                   &spill_loads, &shared) == 7)
+            detail::g_resources[name].push_back(detail::KernelResources{arch, registers, shared});
+    }
+    fclose(f);
+    return (int)detail::g_resources.size();
+}
 
 namespace {
 // SIMT_SHUFFLE is read when the program starts.
@@ -1293,6 +1649,9 @@ struct EnvInit {
     EnvInit() {
         long s = env_long("SIMT_SHUFFLE", 0);
         if (s != 0 && !detail::g_shuffle_init) detail::g_shuffle = (unsigned long long)s;
+        if (env_long("SIMT_STRICT_SYNC", 1) == 0) detail::g_strict_sync = false;
+        if (const char* log = getenv("SIMT_LAUNCH_LOG")) set_launch_log(log);
+        if (const char* table = getenv("SIMT_RESOURCES"); table != nullptr && *table != 0) load_resource_table(table);
     }
 } g_env_init;
 }  // namespace

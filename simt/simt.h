@@ -76,11 +76,11 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
-// Static shared memory: one copy per OS thread. A block runs entirely on one OS thread and its
-// fibers share that thread's copy, which is exactly "one copy per block". It is NOT poisoned
-// (it keeps whatever the previous block left there): use an `extern __shared__` array (dynamic
-// shared memory) where every element must be written before being read, so a missing write shows
-// up as NaN / -1.
+// Static shared memory: the source rewrite (simt/cuda_to_cpp.h) turns every `__shared__ T name[N];`
+// inside a function into a reference to the block's own copy, ::simt::static_shared<T[N]>() below,
+// which starts every block as 0xFF bytes (NaN / -1) like dynamic shared memory. This macro is only
+// the fallback for a source that did not go through the rewrite: one copy per OS thread (a block
+// runs on one OS thread, so one copy per block), not poisoned.
 #define __shared__ static thread_local
 // __restrict__ is understood by g++ natively.
 
@@ -186,6 +186,7 @@ namespace simt {
 inline constexpr int kMaxThreadsPerBlock = 1024;
 inline constexpr size_t kDefaultDynamicShared = 48 * 1024;
 inline constexpr size_t kMaxDynamicSharedOptin = 163 * 1024;
+inline constexpr size_t kMaxStaticShared = 48 * 1024;  // static __shared__ per block (a compile error on a GPU)
 
 // Number of OS threads that run blocks (default: env SIMT_THREADS, else 1).
 void set_worker_threads(int n);
@@ -198,6 +199,24 @@ int available_cpus();
 // start and after every barrier, is a permutation seeded by (seed, block index).
 void set_shuffle(unsigned long long seed);
 unsigned long long shuffle_seed();
+// Strict synccheck (default on; env SIMT_STRICT_SYNC=0 turns it off): a __syncthreads that some
+// thread of the block never reaches because it has exited is an error, as the CUDA programming
+// guide makes it undefined (a barrier in conditional code must be reached by the whole block).
+// Off, exited threads do not count (what current GPUs happen to do).
+void set_strict_sync(bool on);
+bool strict_sync();
+// The resource table of the nvcc check (env SIMT_RESOURCES=<file>, written by simt/ptxas_gate):
+// per kernel, its registers per thread and static shared memory on sm_80 / sm_90. When loaded,
+// every launch of a kernel in the table is checked as a GPU would check it: registers x threads
+// within the SM's 65,536 and static + dynamic shared memory within the launch's limit
+// (cudaErrorLaunchOutOfResources / cudaErrorInvalidValue otherwise). Returns the kernels read.
+int load_resource_table(const char* path);
+// Launch log (env SIMT_LAUNCH_LOG=<file>): every distinct (kernel, threads per block, dynamic
+// shared bytes, dynamic shared limit) this process launches is appended once, as a tab-separated
+// line; simt/ptxas_gate reads it to check each kernel's largest launch against ptxas's numbers.
+void set_launch_log(const char* path);
+// True in the ThreadSanitizer build (racecheck): every CUDA thread is a TSan fiber.
+bool racecheck();
 // Device memory protection (default: env SIMT_PROTECT=1, else off): outside launches, memcpy /
 // memset and cuBLAS / cuRAND calls the device region is PROT_NONE, so host code that dereferences
 // a device pointer dies with a one-line message naming the allocation.
@@ -250,6 +269,10 @@ unsigned active_mask();
 
 // The current block's dynamic shared memory (16-byte aligned, 0xFF-filled at block start).
 extern thread_local constinit unsigned char* dynamic_shared_base;
+// The current block's copy of the static __shared__ variable declared at `site` (one per call site
+// and type): allocated and filled with 0xFF bytes by the first thread that reaches the declaration
+// in each block; later threads of the block get the same address.
+void* static_shared_slot(const void* site, const void* type, size_t bytes, size_t alignment);
 
 // ---- launch ----
 struct Launch {
@@ -332,6 +355,22 @@ template <class T, size_t Alignment = alignof(T)>
 inline T* dynamic_shared() {
     static_assert(Alignment <= 16 && alignof(T) <= 16, "dynamic shared memory is 16-byte aligned");
     return reinterpret_cast<T*>(detail::dynamic_shared_base);
+}
+
+// `__shared__ [__align__(A)] T name[N]...;` becomes `T (&name)[N]... = ::simt::static_shared<T[N]..., A>();`
+// (a scalar `__shared__ T name;` becomes `T& name = ...`): the block's own copy, 0xFF bytes when
+// the block starts (initcheck: a read of an element nobody wrote gives NaN / -1, not what the
+// previous block left). The call site identifies the variable (libstdc++'s source_location is one
+// pointer to a per-site constant), the type tells apart template instantiations.
+template <class T, size_t Alignment = alignof(T)>
+inline T& static_shared(std::source_location site = std::source_location::current()) {
+    static_assert(Alignment <= 16 && std::is_trivially_copyable_v<T>, "static shared memory: trivially copyable, at most 16-byte aligned");
+    static constexpr char type_tag = 0;
+    const void* key;
+    static_assert(sizeof site == sizeof key, "libstdc++'s source_location is one pointer");
+    std::memcpy(&key, &site, sizeof key);
+    return *static_cast<T*>(
+        detail::static_shared_slot(key, &type_tag, sizeof(T), Alignment > alignof(T) ? Alignment : alignof(T)));
 }
 }  // namespace simt
 
@@ -442,8 +481,24 @@ inline unsigned __reduce_xor_sync(unsigned mask, unsigned value, std::source_loc
     return (unsigned)simt::detail::warp_op(simt::detail::WarpOp::ReduceXor, mask, value, 0, 32, loc);
 }
 
-// Memory fences: blocks run on several OS threads, so these are real fences.
+// Memory fences: blocks run on several OS threads, so these are real fences. Under
+// ThreadSanitizer (racecheck), which does not model stand-alone fences, __threadfence is a release
+// and an acquire on one object: the pattern "write, __threadfence, atomic flag" / "atomic flag,
+// __threadfence, read" is then ordered, while the same pattern without the fences is reported.
+#if defined(__SANITIZE_THREAD__)
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+namespace simt::detail {
+inline char tsan_fence_object;
+}
+inline void __threadfence() {
+    __tsan_release(&simt::detail::tsan_fence_object);
+    __tsan_acquire(&simt::detail::tsan_fence_object);
+    __asm__ volatile("mfence" ::: "memory");
+}
+#else
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+#endif
 inline void __threadfence_block() { std::atomic_signal_fence(std::memory_order_seq_cst); }
 [[noreturn]] inline void __trap(std::source_location loc = std::source_location::current()) {
     simt::trap("__trap()", loc);

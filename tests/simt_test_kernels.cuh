@@ -127,7 +127,9 @@ __global__ void simt_atomic_kernel(int* max_out, int* min_out, unsigned* cas_sum
     if (i >= n) return;
     atomicMax(max_out, v[i]);
     atomicMin(min_out, v[i]);
-    unsigned old = *cas_sum, assumed;
+    // The first guess is an atomic read: a plain one would race with the other threads' CAS
+    // (the racecheck reports it; the loop would still correct a stale guess).
+    unsigned old = atomicOr(cas_sum, 0u), assumed;
     do {
         assumed = old;
         old = atomicCAS(cas_sum, assumed, assumed + (unsigned)(v[i] & 0xff));
@@ -176,7 +178,8 @@ __global__ void simt_index_kernel(int* out) {
     out[i] = (int)(threadIdx.x | threadIdx.y << 4 | threadIdx.z << 8 | blockIdx.x << 12 | blockIdx.y << 16 | blockIdx.z << 20);
 }
 
-// Threads past the end exit before the barrier: legal, the barrier waits only for live threads.
+// Threads past the end exit before the barrier: undefined in CUDA, rejected by the strict
+// synccheck; with it off the barrier waits only for live threads (what GPUs happen to do).
 __global__ void simt_early_exit_kernel(float* out, const float* in, int n) {
     extern __shared__ float s[];
     const int i = threadIdx.x;
@@ -273,7 +276,7 @@ __global__ void bad_skipped_barrier_kernel(int* out) {
 }
 
 // Half of the block exits while the other half waits at a barrier and then a second barrier:
-// legal (exited threads do not count), used as the positive twin of the case above.
+// passes with the strict synccheck off (exited threads do not count), unlike the case above.
 __global__ void simt_exit_then_barrier_kernel(int* out) {
     if (threadIdx.x >= 16) return;
     __syncthreads();

@@ -91,6 +91,33 @@ TEST(CudaToCpp, ExternSharedBecomesAPointerToTheDynamicSharedMemory) {
     EXPECT_EQ(out, "void k() {\n    double* red = ::simt::dynamic_shared<double>();\n\n    use(red);\n}\n");
 }
 
+TEST(CudaToCpp, StaticSharedBecomesTheBlocksOwnCopy) {
+    EXPECT_EQ(rewrite_ok("__global__ void k() { __shared__ float tile[32][33]; }"),
+              "__global__ void k() { float (&tile)[32][33] = ::simt::static_shared<float[32][33]>(); }");
+    EXPECT_EQ(rewrite_ok("void k() { __shared__ float partial[warps][MOE_MAX_EXPERTS]; }"),
+              "void k() { float (&partial)[warps][MOE_MAX_EXPERTS] = ::simt::static_shared<float[warps][MOE_MAX_EXPERTS]>(); }");
+    EXPECT_EQ(rewrite_ok("void k() { __shared__ __align__(16) unsigned int w[kTile + 1]; }"),
+              "void k() { unsigned int (&w)[kTile + 1] = ::simt::static_shared<unsigned int[kTile + 1], 16>(); }");
+    EXPECT_EQ(rewrite_ok("void k() { __shared__ int count; }"), "void k() { int& count = ::simt::static_shared<int>(); }");
+    // the #define of the fallback macro, and extern __shared__, are not static shared declarations
+    EXPECT_EQ(rewrite_ok("#define __shared__ static thread_local
+"), "#define __shared__ static thread_local
+");
+    // a declaration over two lines keeps its line break (after the statement)
+    EXPECT_EQ(rewrite_ok("void k() {
+    __shared__ float
+        s[8];
+}
+"),
+              "void k() {
+    float (&s)[8] = ::simt::static_shared<float[8]>();
+
+}
+");
+    const cuda_to_cpp::Result r = cuda_to_cpp::rewrite("void k() { __shared__ float a[2]; __shared__ int b; }", "in.cu");
+    EXPECT_EQ(r.static_shared, 2);
+}
+
 TEST(CudaToCpp, LineDirectiveNamesTheOriginalFile) {
     const cuda_to_cpp::Result r = cuda_to_cpp::rewrite("int x;\n", "tests/some \"file\".cu");
     EXPECT_EQ(r.text, "#line 1 \"tests/some \\\"file\\\".cu\"\nint x;\n");
@@ -150,6 +177,9 @@ TEST(CudaToCpp, LaunchFormsItDoesNotUnderstandAreErrors) {
         {"void a() { extern __shared__ float x[]; }\nvoid b() { extern __shared__ int x[]; }", 2, "nvcc rejects two types"},
         {"extern __shared__ float file_scope[];", 1, "outside a function"},
         {"namespace n {\nextern __shared__ float in_namespace[];\n}", 2, "outside a function"},
+        {"void f() { __shared__ float a[4], b[4]; }", 1, "one variable per declaration"},
+        {"void f() {\n  __shared__ float empty[];\n}", 2, "__shared__ declaration not understood"},
+        {"__shared__ float file_scope_static[8];", 1, "__shared__ outside a function"},
         {"int a;\n/* never closed", 2, "unterminated /* comment"},
         {"const char* s = \"never closed;\n", 1, "unterminated string"},
     };
