@@ -1,6 +1,7 @@
 # moe.cu: one kernel source, two targets.
-#   make test          GoogleTest suite on the CPU (SIMT layer), the nvcc compile of every CUDA source,
-#                      and the ASan+UBSan build of the suite (ucontext fibers)
+#   make test          GoogleTest suite on the CPU (SIMT layer), the nvcc compile of every CUDA source
+#                      with its resource gate, the ASan+UBSan build of the suite (ucontext fibers) and
+#                      the ThreadSanitizer build of the kernel tests (racecheck)
 #   make train         data, then the binary that fits this machine, then a default run
 #   make train_moe     GPU binary (nvcc, cuBLAS, cuRAND)
 #   make train_moe_cpu CPU binary (g++ through the SIMT layer)
@@ -54,16 +55,33 @@ ASAN_FLAGS := -std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=address,undef
               $(WARN) -I$(abspath $(SRC)) -I/usr/include/x86_64-linux-gnu -DSIMT_FIBERS_UCONTEXT $(CURAND_FLAG)
 ASAN_LIBS := -lopenblas $(CURAND_LIB) -lstb -lpthread
 
+# Racecheck: the kernel and layer tests under ThreadSanitizer, every CUDA thread a TSan fiber
+# (ucontext). simt.cpp itself is not instrumented (SIMT_TSAN makes it annotate what CUDA orders).
+TSAN_FLAGS := -std=c++20 -O1 -g -fno-omit-frame-pointer $(WARN) -I$(abspath $(SRC)) -I/usr/include/x86_64-linux-gnu \
+              -DSIMT_FIBERS_UCONTEXT -DSIMT_TSAN=1 $(CURAND_FLAG)
+TSAN_LIBS := -lopenblas $(CURAND_LIB) -lstb -lpthread
+
 NVCC_FLAGS := -std=c++20 -O3 -I. --expt-relaxed-constexpr \
               -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
               -gencode arch=compute_90,code=compute_90 -Xcompiler -Wall,-Wextra
 
 HEADERS := $(filter %.h %.cuh,$(PROJECT_SOURCES))
-TEST_SRCS := $(wildcard tests/test_*.cpp)
+# tests/test_racecheck.cpp belongs to the TSan build only
+TEST_SRCS := $(filter-out tests/test_racecheck.cpp,$(wildcard tests/test_*.cpp))
 CPU_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/cpu/tests/%.o,$(TEST_SRCS))
 ASAN_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/asan/tests/%.o,$(TEST_SRCS))
+# The TSan build: the tests that run kernels (a third full compile of everything would not pay).
+TSAN_TEST_SRCS := tests/test_racecheck.cpp tests/test_sanitizers.cpp tests/test_simt.cpp tests/test_gpt_kernels.cpp \
+                  $(wildcard tests/test_moe*.cpp) tests/test_diagnostics.cpp tests/test_model.cpp
+TSAN_TEST_OBJS := $(patsubst tests/%.cpp,$(BUILD)/tsan/tests/%.o,$(TSAN_TEST_SRCS))
+# Written by the CPU suite (every distinct launch) and by the nvcc check (ptxas's numbers per
+# kernel); the later stages check every launch against the table (SIMT_RESOURCES).
+LAUNCH_LOG := $(BUILD)/cpu/launches.tsv
+RESOURCE_TABLE := $(BUILD)/nvcc/resources.tsv
+PTXAS_GATE := $(BUILD)/tools/ptxas_gate
+RESOURCES_ENV = $(if $(wildcard $(RESOURCE_TABLE)),SIMT_RESOURCES=$(abspath $(RESOURCE_TABLE)),)
 
-.PHONY: all deps test test-cpu test-asan nvcc-check train data bench bench-simt bench-kernels bench-moe clean help
+.PHONY: all deps test test-cpu test-asan test-tsan nvcc-check train data bench bench-simt bench-kernels bench-moe clean help
 all: train_moe_cpu
 
 help:
@@ -102,7 +120,8 @@ train_moe_cpu: $(SRC)/train_moe.cu $(REWRITTEN_HEADERS) $(BUILD)/cpu/simt.o
 	$(IN_SRC) $(CXX) $(CPU_FLAGS) -x c++ $(REL) -x none $(abspath $(BUILD)/cpu/simt.o) -o $(abspath $@) $(CPU_LIBS)
 
 test-cpu: $(BUILD)/cpu/run_tests train_moe_cpu
-	$(BUILD)/cpu/run_tests --gtest_output=json:$(BUILD)/cpu/results.json
+	@rm -f $(LAUNCH_LOG)
+	SIMT_LAUNCH_LOG=$(abspath $(LAUNCH_LOG)) $(BUILD)/cpu/run_tests --gtest_output=json:$(BUILD)/cpu/results.json
 
 # ---------------------------------------------------------------- sanitizer build (ucontext fibers)
 $(BUILD)/asan/simt.o: $(SRC)/simt/simt.cpp $(REWRITTEN_HEADERS)
@@ -118,26 +137,72 @@ $(BUILD)/asan/run_tests: $(ASAN_TEST_OBJS) $(BUILD)/asan/simt.o
 
 # The sanitizer run skips the slow whole-model tests (names containing "Slow").
 test-asan: $(BUILD)/asan/run_tests
-	ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	ASAN_OPTIONS=detect_leaks=1:detect_stack_use_after_return=0 UBSAN_OPTIONS=print_stacktrace=1 $(RESOURCES_ENV) \
 	  $(BUILD)/asan/run_tests --gtest_filter='-*Slow*:*Death*' --gtest_output=json:$(BUILD)/asan/results.json
+
+# ---------------------------------------------------------------- racecheck build (ThreadSanitizer)
+$(BUILD)/tsan/simt.o: $(SRC)/simt/simt.cpp $(REWRITTEN_HEADERS)
+	@mkdir -p $(dir $@)
+	$(IN_SRC) $(CXX) $(TSAN_FLAGS) -c $(REL) -o $(abspath $@)
+
+$(BUILD)/tsan/tests/%.o: $(SRC)/tests/%.cpp $(REWRITTEN_HEADERS)
+	@mkdir -p $(dir $@)
+	$(IN_SRC) $(CXX) $(TSAN_FLAGS) -fsanitize=thread -c $(REL) -o $(abspath $@)
+
+$(BUILD)/tsan/run_tests: $(TSAN_TEST_OBJS) $(BUILD)/tsan/simt.o
+	$(CXX) $(TSAN_FLAGS) -fsanitize=thread $^ -o $@ -lgtest -lgtest_main $(TSAN_LIBS)
+
+# A TSan report fails the test that was running (tests/test_racecheck.cpp) and the run (exit 66).
+# Left out: the slow whole-model tests and the death tests, as under ASan; the SIMT test that runs
+# a racy kernel on purpose (test_racecheck's child processes do that); and the tests that only
+# repeat kernels other tests run, over more shapes, worker counts or thread orders (a race does
+# not depend on the thread order here, and every CUDA thread costs a new TSan fiber).
+TSAN_SKIP := *Slow*:*Death*:Simt.MissingSyncthreadsIsExposedByShuffledMode:MoeTest.LayerMatchesReferenceOverConfigGrid:$\
+             ProtectDeviceMemory.TrainingIsBitForBitRepeatable:GptKernels.DeterministicAcrossWorkersAndThreadOrder:$\
+             MoeTest.BitIdenticalAcrossWorkerThreadsAndShuffledOrder:Simt.CorrectKernelsPassUnderShuffledMode:$\
+             Simt.OneAndTwoWorkerThreadsGiveBitIdenticalResults:ProtectDeviceMemory.*Shuffled:$\
+             ProtectDeviceMemory.TrainingStepMakesNoHostRoundTrip:Diagnostics.DeterministicAcrossRunsAndWorkerThreads
+test-tsan: $(BUILD)/tsan/run_tests
+	TSAN_OPTIONS=history_size=4 $(RESOURCES_ENV) $(BUILD)/tsan/run_tests \
+	  --gtest_filter='-$(TSAN_SKIP)' --gtest_output=json:$(BUILD)/tsan/results.json
 
 # ---------------------------------------------------------------- GPU build (nvcc)
 train_moe: train_moe.cu $(HEADERS)
 	@if [ -z "$(NVCC)" ]; then echo "nvcc not found: install the CUDA toolkit to build the GPU binary"; exit 2; fi
 	$(NVCC) $(NVCC_FLAGS) -x cu $< -o $@ -lcublas -lcurand -lstb
 
-# every CUDA source through nvcc, so a kernel that only g++ accepts fails the suite
+# every CUDA source through nvcc, so a kernel that only g++ accepts fails the suite; ptxas -v's
+# report of each goes to <object>.ptxas for the resource gate (the compiler's other output is shown)
 NVCC_OBJS := $(BUILD)/nvcc/train_moe.o $(patsubst tests/%.cu,$(BUILD)/nvcc/tests/%.o,$(wildcard tests/*.cu))
+NVCC_COMPILE = @mkdir -p $(dir $@); echo "$(NVCC) $(NVCC_FLAGS) -Xptxas -v -x cu -c $< -o $@"; \
+	$(NVCC) $(NVCC_FLAGS) -Xptxas -v -x cu -c $< -o $@ 2> $@.log; status=$$?; \
+	grep '^ptxas info\|^    [0-9]* bytes stack frame' $@.log > $@.ptxas; \
+	grep -v '^ptxas info\|^    [0-9]* bytes stack frame' $@.log >&2; exit $$status
 $(BUILD)/nvcc/train_moe.o: train_moe.cu $(HEADERS)
-	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) -x cu -c $< -o $@
+	$(NVCC_COMPILE)
 $(BUILD)/nvcc/tests/%.o: tests/%.cu $(HEADERS)
-	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCC_FLAGS) -x cu -c $< -o $@
+	$(NVCC_COMPILE)
+$(BUILD)/nvcc/bad_resources.o: tests/bad_resources.cuh
+	$(NVCC_COMPILE)
 
+$(PTXAS_GATE): simt/ptxas_gate.cpp simt/ptxas_gate.h
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++20 -O2 $(WARN) -I. $< -o $@
+
+# The resource gate: the project's kernels against ptxas's numbers and the CPU suite's launches
+# (writes $(RESOURCE_TABLE)); then the deliberately bad kernels must be rejected, each for its reason.
 nvcc-check:
-	@if [ -z "$(NVCC)" ]; then echo "nvcc not found: skipping the nvcc compile of the CUDA sources"; \
-	 else $(MAKE) --no-print-directory $(NVCC_OBJS); fi
+	@if [ -z "$(NVCC)" ]; then echo "nvcc not found: skipping the nvcc compile of the CUDA sources and the resource gate"; \
+	 else $(MAKE) --no-print-directory $(NVCC_OBJS) $(BUILD)/nvcc/bad_resources.o $(PTXAS_GATE) && \
+	 $(PTXAS_GATE) --launches $(LAUNCH_LOG) --table $(RESOURCE_TABLE) $(addsuffix .ptxas,$(NVCC_OBJS)) && \
+	 { $(PTXAS_GATE) --launches tests/bad_resources.launches $(BUILD)/nvcc/bad_resources.o.ptxas > $(BUILD)/nvcc/bad_resources.gate; \
+	   status=$$?; ok=1; [ $$status -eq 1 ] || ok=0; \
+	   for why in 'FAIL gate_bad_spill_kernel: .* bytes of spill stores' \
+	              'FAIL gate_bad_register_hungry_kernel: .* registers per thread on sm_80 times its largest launch of 1024 threads' \
+	              'FAIL gate_bad_static_shared_kernel: a launch asks for 16384 bytes of dynamic shared memory; with 40000 bytes'; do \
+	     grep -q "$$why" $(BUILD)/nvcc/bad_resources.gate || ok=0; done; \
+	   if [ $$ok -eq 1 ]; then echo "resource gate: the deliberately bad kernels of tests/bad_resources.cuh are rejected"; \
+	   else cat $(BUILD)/nvcc/bad_resources.gate; echo "resource gate: tests/bad_resources.cuh was not rejected as expected"; exit 1; fi; }; fi
 
 # ---------------------------------------------------------------- MoE layer bench (stage table)
 .PHONY: bench-moe
@@ -199,7 +264,8 @@ test: deps
 	@$(MAKE) --no-print-directory -j2 test-cpu
 	@$(MAKE) --no-print-directory -j2 nvcc-check
 	@$(MAKE) --no-print-directory -j2 test-asan
-	@passed=0; failed=0; for r in $(BUILD)/cpu/results.json $(BUILD)/asan/results.json; do \
+	@$(MAKE) --no-print-directory -j2 test-tsan
+	@passed=0; failed=0; for r in $(BUILD)/cpu/results.json $(BUILD)/asan/results.json $(BUILD)/tsan/results.json; do \
 	  n=$$(grep -m1 -o '"tests": [0-9]*' $$r | grep -o '[0-9]*'); f=$$(grep -m1 -o '"failures": [0-9]*' $$r | grep -o '[0-9]*'); \
 	  passed=$$((passed + n - f)); failed=$$((failed + f)); done; echo "$$passed passed, $$failed failed"
 
