@@ -100,20 +100,10 @@ TEST(CudaToCpp, StaticSharedBecomesTheBlocksOwnCopy) {
               "void k() { unsigned int (&w)[kTile + 1] = ::simt::static_shared<unsigned int[kTile + 1], 16>(); }");
     EXPECT_EQ(rewrite_ok("void k() { __shared__ int count; }"), "void k() { int& count = ::simt::static_shared<int>(); }");
     // the #define of the fallback macro, and extern __shared__, are not static shared declarations
-    EXPECT_EQ(rewrite_ok("#define __shared__ static thread_local
-"), "#define __shared__ static thread_local
-");
+    EXPECT_EQ(rewrite_ok("#define __shared__ static thread_local\n"), "#define __shared__ static thread_local\n");
     // a declaration over two lines keeps its line break (after the statement)
-    EXPECT_EQ(rewrite_ok("void k() {
-    __shared__ float
-        s[8];
-}
-"),
-              "void k() {
-    float (&s)[8] = ::simt::static_shared<float[8]>();
-
-}
-");
+    EXPECT_EQ(rewrite_ok("void k() {\n    __shared__ float\n        s[8];\n}\n"),
+              "void k() {\n    float (&s)[8] = ::simt::static_shared<float[8]>();\n\n}\n");
     const cuda_to_cpp::Result r = cuda_to_cpp::rewrite("void k() { __shared__ float a[2]; __shared__ int b; }", "in.cu");
     EXPECT_EQ(r.static_shared, 2);
 }
