@@ -1507,7 +1507,6 @@ bool validate_launch(const Launch& L) {
         auto it = g_max_dynamic_shared.find(L.kernel);
         if (it != g_max_dynamic_shared.end()) limit = std::max(limit, it->second), attribute = it->second;
     }
-    log_launch(L, attribute);
     if (L.shared_bytes > limit) {
         report(cudaErrorInvalidValue,
                format("simt: kernel '%s' launched with %zu bytes of dynamic shared memory; the limit is %zu bytes%s",
@@ -1518,7 +1517,11 @@ bool validate_launch(const Launch& L) {
                           : ""));
         return false;
     }
-    return check_launch_resources(L, attribute);
+    if (!check_launch_resources(L, attribute)) return false;
+    // Only launches that pass these checks go to the log the resource gate reads (the tests'
+    // deliberately oversized launches are refused here, and their tests say so).
+    log_launch(L, attribute);
+    return true;
 }
 
 bool check_pointer_argument(const char* kernel, int index, const void* p) {
