@@ -36,10 +36,12 @@
 //   loss.png               train cross-entropy (every log step) and validation loss (eval steps) vs step
 //   expert_load.png        heatmap: tokens routed to each expert (before capacity) per log step, a panel per layer
 //   drop_entropy.png       drop rate, mean router entropy (with ln E marked) and load imbalance over time, per layer
+//                          (expert choice: the untaken tokens and the most experts on a token; reroute: the rerouted choices too)
 //   expert_grad_norms.png  per-expert gradient L2 norm over time, a panel per layer, log axis
 //   load_histogram.png     tokens per expert at the last log step (routed and kept), a panel per layer,
 //                          with the uniform level N*K/E and the capacity marked
 //   bias.png               --bias-rate only: each layer's selection bias per expert over time, a panel per layer
+//   coverage.png           --routing expert only: tokens taken by 0, 1, ..., E experts at the last log step, a panel per layer
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -282,32 +284,39 @@ struct RunHistory {
     }
 };
 
-// Scalars for summary.json, each averaged over the MoE layers and over the log records of the
-// last `tail` fraction of the run (one batch is noisy; the average of the final stretch is not):
-//   drop_rate, tokens_all_dropped (tokens with every choice dropped, per step), load_imbalance
-//   (max/mean routed), load_imbalance_kept, router_entropy (nats), router_entropy_ratio
-//   (entropy / ln E), aux, z, router_lse_rms (sqrt z: the typical size of logsumexp of the router
-//   logits), load_imbalance_max (the largest per-layer imbalance in the tail).
-// Plus final_train_ce (mean CE over the same tail records). Empty for a history without records.
-inline std::vector<std::pair<std::string, double>> summary_metrics(const RunHistory& h, double tail = 0.1) {
-    std::vector<std::pair<std::string, double>> out;
-    std::vector<const StepRecord*> logged;
+// The log records of the last `tail` fraction of the run, measured in steps between the first and
+// the last log record: the stretch the summary averages (one batch is noisy; the final stretch is not).
+inline std::vector<const StepRecord*> tail_records(const RunHistory& h, double tail) {
+    std::vector<const StepRecord*> logged, out;
     for (const StepRecord& r : h.records)
         if (r.logged()) logged.push_back(&r);
     if (logged.empty()) return out;
     const long long last = logged.back()->step, first = logged.front()->step;
     const double from = last - tail * (double)(last - first);
-    double ce = 0;
-    int nce = 0;
     for (const StepRecord* r : logged)
-        if (r->step >= from) ce += r->ce, nce++;
-    out.push_back({"final_train_ce", ce / std::max(1, nce)});
+        if (r->step >= from) out.push_back(r);
+    return out;
+}
+
+// Scalars for summary.json, each averaged over the MoE layers and over tail_records(h, tail):
+//   drop_rate, tokens_all_dropped (tokens with every choice dropped, per step), load_imbalance
+//   (max/mean routed), load_imbalance_kept, router_entropy (nats), router_entropy_ratio
+//   (entropy / ln E), aux, z, router_lse_rms (sqrt z: the typical size of logsumexp of the router
+//   logits), load_imbalance_max (the largest per-layer imbalance in the tail); the variants'
+//   own in the comments below.
+// Plus final_train_ce (mean CE over the same tail records). Empty for a history without records.
+inline std::vector<std::pair<std::string, double>> summary_metrics(const RunHistory& h, double tail = 0.1) {
+    std::vector<std::pair<std::string, double>> out;
+    const std::vector<const StepRecord*> logged = tail_records(h, tail);
+    if (logged.empty()) return out;
+    double ce = 0;
+    for (const StepRecord* r : logged) ce += r->ce;
+    out.push_back({"final_train_ce", ce / (double)logged.size()});
 
     double drop = 0, all_dropped = 0, imb = 0, imb_kept = 0, ent = 0, ent_ratio = 0, aux = 0, z = 0, lse = 0,
            imb_max = 0;
     int n = 0, nz = 0;
     for (const StepRecord* r : logged) {
-        if (r->step < from) continue;
         for (const MoeStats& s : r->moe) {
             drop += s.drop_rate;
             all_dropped += s.tokens_all_dropped;
@@ -331,7 +340,6 @@ inline std::vector<std::pair<std::string, double>> summary_metrics(const RunHist
     double ept_mean = 0, ept_max = 0, untaken = 0;
     int n_ec = 0;
     for (const StepRecord* r : logged) {
-        if (r->step < from) continue;
         for (const MoeStats& s : r->moe)
             if (s.expert_choice && !s.coverage.empty()) {
                 long tokens = 0;
@@ -347,6 +355,17 @@ inline std::vector<std::pair<std::string, double>> summary_metrics(const RunHist
         out.push_back({"experts_per_token_max", ept_max});
         out.push_back({"tokens_untaken_rate", untaken / n_ec});
     }
+    // --overflow reroute: the share of the choices that rerouting placed (drop_rate is what it could not place)
+    double rerouted = 0;
+    int n_rr = 0;
+    for (const StepRecord* r : logged)
+        for (const MoeStats& s : r->moe)
+            if (!s.rerouted_per_round.empty()) {
+                const long long choices = routed_choices(s);
+                rerouted += choices > 0 ? (double)s.rerouted_choices / (double)choices : 0.0;
+                n_rr++;
+            }
+    if (n_rr > 0) out.push_back({"rerouted_rate", rerouted / n_rr});
     out.push_back({"drop_rate", drop / n});
     out.push_back({"tokens_all_dropped", all_dropped / n});
     out.push_back({"load_imbalance", imb / n});
@@ -366,6 +385,33 @@ inline std::vector<std::pair<std::string, double>> summary_metrics(const RunHist
         out.push_back({"bias_range", range / (double)r->moe.size()});
         out.push_back({"bias_range_max", range_max});
     }
+    return out;
+}
+
+// Histograms for summary.json, per step, averaged like summary_metrics over the MoE layers and
+// tail_records(h, tail); each only when the run logs it:
+//   coverage (--routing expert): tokens taken by 0, 1, ..., E experts
+//   rerouted_per_round (--overflow reroute): choices placed by rerouting in rounds 1, 2, ..., E-K
+inline std::vector<std::pair<std::string, std::vector<double>>> summary_histograms(const RunHistory& h, double tail = 0.1) {
+    std::vector<std::pair<std::string, std::vector<double>>> out;
+    const std::vector<const StepRecord*> logged = tail_records(h, tail);
+    auto mean_over_tail = [&](const std::string& name, std::vector<int> MoeStats::*field) {
+        std::vector<double> sum;
+        int n = 0;
+        for (const StepRecord* r : logged)
+            for (const MoeStats& s : r->moe) {
+                const std::vector<int>& v = s.*field;
+                if (v.empty()) continue;
+                if (sum.size() < v.size()) sum.resize(v.size(), 0.0);
+                for (size_t i = 0; i < v.size(); i++) sum[i] += v[i];
+                n++;
+            }
+        if (n == 0) return;
+        for (double& x : sum) x /= n;
+        out.push_back({name, sum});
+    };
+    mean_over_tail("coverage", &MoeStats::coverage);
+    mean_over_tail("rerouted_per_round", &MoeStats::rerouted_per_round);
     return out;
 }
 
@@ -430,32 +476,63 @@ inline plot::Figure expert_load_figure(const RunHistory& h) {
     return f;
 }
 
+// Whether any layer of any record has the statistic of a routing variant.
+inline bool history_has(const RunHistory& h, bool (*has)(const MoeStats&)) {
+    for (const StepRecord& r : h.records)
+        for (const MoeStats& s : r.moe)
+            if (has(s)) return true;
+    return false;
+}
+inline bool has_bias(const MoeStats& s) { return !s.bias.empty(); }
+inline bool has_coverage(const MoeStats& s) { return s.expert_choice && !s.coverage.empty(); }
+inline bool has_reroute(const MoeStats& s) { return !s.rerouted_per_round.empty(); }
+
+// The share of the step's tokens that no expert took (expert choice: coverage[0] / N).
+inline double untaken_share(const MoeStats& s) {
+    long tokens = 0;
+    for (int c : s.coverage) tokens += c;
+    return tokens > 0 && !s.coverage.empty() ? (double)s.coverage[0] / (double)tokens : 0.0;
+}
+
 // Drop rate (%), mean router entropy (with ln E) and load imbalance over time, one series per layer.
+// Expert choice drops nothing and is balanced by construction, so there the first panel shows the
+// tokens no expert took and the third the most experts on one token. With rerouting the first panel
+// adds, dashed, the choices that rerouting placed (the drop rate is what it could not place).
 inline plot::Figure drop_entropy_figure(const RunHistory& h) {
     const int L = h.moe_layers(), E = h.experts();
+    const bool expert_choice = history_has(h, has_coverage), reroute = history_has(h, has_reroute);
     std::vector<plot::Axes> panels(3);
-    panels[0].title = "drop rate";
-    panels[0].ylabel = "dropped choices / (N*K)  (%)";
+    panels[0].title = expert_choice ? "tokens no expert took" : reroute ? "drop rate (solid), placed by rerouting (dashed)" : "drop rate";
+    panels[0].ylabel = expert_choice ? "coverage[0] / N  (%)" : reroute ? "choices / (N*K)  (%)" : "dropped choices / (N*K)  (%)";
     panels[1].title = "router entropy";
     panels[1].ylabel = "mean H(p) (nats)";
-    panels[2].title = "load imbalance (before capacity)";
-    panels[2].ylabel = "max / mean tokens per expert";
+    panels[2].title = expert_choice ? "experts per token: the most on one token" : "load imbalance (before capacity)";
+    panels[2].ylabel = expert_choice ? "experts" : "max / mean tokens per expert";
     for (auto& p : panels) p.xlabel = "step";
     for (int l = 0; l < L; l++) {
-        plot::Series d, en, im;
+        plot::Series d, rr, en, im;
         d.name = en.name = im.name = report_detail::layer_name(l);
-        d.color = en.color = im.color = l;
+        rr.name = report_detail::layer_name(l) + ", rerouted";
+        d.color = rr.color = en.color = im.color = l;
+        rr.dashed = true;
         for (const StepRecord& r : h.records) {
             if ((int)r.moe.size() <= l) continue;
             const MoeStats& s = r.moe[l];
-            d.x.push_back((double)r.step);
-            d.y.push_back(100.0 * s.drop_rate);
-            en.x.push_back((double)r.step);
+            const double x = (double)r.step;
+            d.x.push_back(x);
+            d.y.push_back(100.0 * (expert_choice ? untaken_share(s) : s.drop_rate));
+            if (has_reroute(s)) {
+                const long long choices = routed_choices(s);
+                rr.x.push_back(x);
+                rr.y.push_back(choices > 0 ? 100.0 * (double)s.rerouted_choices / (double)choices : 0.0);
+            }
+            en.x.push_back(x);
             en.y.push_back(s.router_entropy);
-            im.x.push_back((double)r.step);
-            im.y.push_back(s.load_imbalance);
+            im.x.push_back(x);
+            im.y.push_back(expert_choice ? (double)s.experts_per_token_max : s.load_imbalance);
         }
         panels[0].series.push_back(d);
+        if (reroute) panels[0].series.push_back(rr);
         panels[1].series.push_back(en);
         panels[2].series.push_back(im);
     }
@@ -466,7 +543,13 @@ inline plot::Figure drop_entropy_figure(const RunHistory& h) {
                                                  plot::rgb(120, 120, 120), true});
         panels[1].ymax = std::log((double)E) * 1.12;
     }
-    panels[2].hlines.push_back(plot::RefLine{1.0, "1 (balanced)", plot::rgb(120, 120, 120), true});
+    if (expert_choice) {
+        panels[2].ymin = 0;
+        if (const StepRecord* r = h.last_moe())
+            panels[2].hlines.push_back(plot::RefLine{r->moe[0].experts_per_token_mean, "mean (E*cap/N)", plot::rgb(120, 120, 120), true});
+    } else {
+        panels[2].hlines.push_back(plot::RefLine{1.0, "1 (balanced)", plot::rgb(120, 120, 120), true});
+    }
     return plot::grid_figure("Routing over time", panels, 3, 520, 400);
 }
 
@@ -549,6 +632,31 @@ inline plot::Figure load_histogram_figure(const RunHistory& h, const std::string
                              std::min<int>(2, (int)panels.size()), 640, 420);
 }
 
+// --routing expert: the coverage at the last log step, tokens taken by 0, 1, ..., E experts, one
+// panel per layer. Token choice would put every token at K; expert choice spreads them, and the bar
+// at 0 is the tokens only the residual stream (and shared experts) carried.
+inline plot::Figure coverage_figure(const RunHistory& h) {
+    const StepRecord* r = h.last_moe();
+    std::vector<plot::Axes> panels;
+    if (!r) return plot::grid_figure("no MoE statistics", panels, 1);
+    for (size_t l = 0; l < r->moe.size(); l++) {
+        const MoeStats& s = r->moe[l];
+        std::vector<std::string> cats;
+        std::vector<double> tokens;
+        for (size_t k = 0; k < s.coverage.size(); k++) {
+            cats.push_back(std::to_string(k));
+            tokens.push_back(s.coverage[k]);
+        }
+        panels.push_back(plot::bar_axes(report_detail::layer_name((int)l) + ": untaken " +
+                                            report_detail::fmt("%.1f%%", 100 * untaken_share(s)) + ", mean " +
+                                            report_detail::fmt("%.2f", s.experts_per_token_mean) + ", max " +
+                                            std::to_string(s.experts_per_token_max),
+                                        cats, tokens, "experts that took the token", "tokens", NAN, "", 0));
+    }
+    return plot::grid_figure("Coverage at step " + std::to_string(r->step) + ": tokens taken by 0, 1, ..., E experts", panels,
+                             std::min<int>(2, (int)panels.size()), 640, 420);
+}
+
 // --bias-rate: each layer's selection bias b_e per expert over time (one panel per layer, a line
 // per expert, colours as in expert_grad_norm_figure), with 0 (the start) marked.
 inline plot::Figure bias_figure(const RunHistory& h) {
@@ -580,13 +688,6 @@ inline plot::Figure bias_figure(const RunHistory& h) {
     return plot::grid_figure(title, panels, std::min(L, 2), 720, 500);
 }
 
-inline bool history_has_bias(const RunHistory& h) {
-    for (const StepRecord& r : h.records)
-        for (const MoeStats& s : r.moe)
-            if (!s.bias.empty()) return true;
-    return false;
-}
-
 // Writes the run's plots into run_dir (see the file comment); a dense history writes loss.png only.
 // False (and *error) when a file could not be written; `written` receives the paths that were.
 inline bool write_run_plots(const RunHistory& h, const std::string& run_dir, std::string* error = nullptr,
@@ -601,7 +702,8 @@ inline bool write_run_plots(const RunHistory& h, const std::string& run_dir, std
             for (const MoeStats& s : r.moe) grads = grads || !s.expert_grad_norm.empty();
         if (grads) figs.push_back({"expert_grad_norms.png", expert_grad_norm_figure(h)});
         figs.push_back({"load_histogram.png", load_histogram_figure(h)});
-        if (history_has_bias(h)) figs.push_back({"bias.png", bias_figure(h)});
+        if (history_has(h, has_bias)) figs.push_back({"bias.png", bias_figure(h)});
+        if (history_has(h, has_coverage)) figs.push_back({"coverage.png", coverage_figure(h)});
     }
     bool ok = true;
     for (const auto& [name, fig] : figs) {

@@ -338,7 +338,7 @@ struct TrainingRun {
                human_duration(eta).c_str());
         std::vector<MoeStats> stats;  // the routing of this step, every layer (after the timing)
         if (cfg.moe()) {
-            double drop = 0, entropy = 0, imbalance = 0, bias_range = 0, untaken = 0;
+            double drop = 0, entropy = 0, imbalance = 0, bias_range = 0, untaken = 0, rerouted = 0;
             int most_experts = 0;  // expert choice: the most experts any token got, over layers
             for (int l = 0; l < cfg.layers; l++) {
                 moe_stats_compute(moe_stats[l], m.blocks[l].moe, m.g.blocks[l].moe, m.cfg, B * T, cfg.ep_ranks);
@@ -352,6 +352,7 @@ struct TrainingRun {
                                                          (size_t)(cfg.experts - cfg.top_k) * cfg.experts));
                 bias_range = std::max(bias_range, stats.back().bias_range);
                 drop += stats.back().drop_rate / cfg.layers;
+                rerouted += (double)stats.back().rerouted_choices / ((double)B * T * cfg.top_k) / cfg.layers;
                 entropy += stats.back().router_entropy / cfg.layers;
                 imbalance = std::max(imbalance, stats.back().load_imbalance);
                 if (stats.back().expert_choice) {
@@ -364,6 +365,7 @@ struct TrainingRun {
                 printf(" | untaken %.1f%% | H %.2f | max experts/token %d", 100 * untaken, entropy, most_experts);
             else
                 printf(" | drop %.1f%% | H %.2f | imb %.2f", 100 * drop, entropy, imbalance);
+            if (cfg.reroute()) printf(" | rerouted %.1f%%", 100 * rerouted);  // choices placed by rerouting; drop is what remained
             if (m.router_bias) printf(" | bias range %.3g", bias_range);  // the largest over layers
         }
         printf("\n");
@@ -406,6 +408,7 @@ struct TrainingRun {
             .num("train_seconds", std::round(clock.train_seconds * 1000) / 1000).num("wall_seconds", std::round(wall * 1000) / 1000)
             .num("tokens_per_s", std::round((double)cfg.batch * cfg.block_size * trained / std::max(clock.train_seconds, 1e-9)));
         for (const auto& [k, v] : summary_metrics(history)) summary.num(k, v);
+        for (const auto& [k, v] : summary_histograms(history)) summary.raw(k, diagnostics_json_array(v));
         if (!specialisation_json.empty()) summary.raw("specialisation", specialisation_json);
         if (!m.buffers.empty()) {  // --bias-rate: the final selection bias of every layer, [L][E]
             const std::vector<float> bias = device_to_host(m.router_bias, (size_t)cfg.layers * cfg.experts);

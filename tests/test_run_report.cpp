@@ -293,6 +293,88 @@ TEST(RunReport, SummaryMetricsAverageTheTail) {
     EXPECT_EQ(m[0].first, "final_train_ce");
 }
 
+// The routing variants' own summary fields and plots: expert choice's coverage (histogram, untaken
+// share, experts per token, coverage.png) and rerouting's placements (rate, per round, the dashed
+// series of drop_entropy.png); a plain history has none of them.
+TEST(RunReport, VariantSummariesAndPlots) {
+    RunHistory ec, rr;
+    for (int j = 1; j <= 10; j++) {
+        std::vector<MoeStats> a(2), b(2);
+        for (int l = 0; l < 2; l++) {
+            a[l].E = b[l].E = 4;
+            a[l].tokens_routed = a[l].tokens_kept = {3, 3, 3, 3};  // 6 tokens, capacity 3 each (CF 1, K 2)
+            // layer 0: 1 token untaken, 2 by one expert, 2 by two, 1 by four; layer 1: every token by two
+            moe_stats_set_coverage(a[l], l == 0 ? std::vector<int>{1, 2, 2, 0, 1} : std::vector<int>{0, 0, 6, 0, 0});
+            b[l].tokens_routed = {8, 4, 2, 2};  // N*K = 16 original choices
+            b[l].tokens_kept = {4, 4, 4, 2};
+            b[l].drop_rate = 2.0 / 16;
+            b[l].rerouted_per_round = {l == 0 ? 2 : 4, l == 0 ? j % 2 * 2 : 0};
+            b[l].rerouted_choices = b[l].rerouted_per_round[0] + b[l].rerouted_per_round[1];
+        }
+        ec.log_train(j * 10, 2.0, 1e-3, a);
+        rr.log_train(j * 10, 2.0, 1e-3, b);
+    }
+    auto get = [](const auto& pairs, const std::string& k) {
+        for (const auto& [key, v] : pairs)
+            if (key == k) return v;
+        ADD_FAILURE() << "missing " << k;
+        return decltype(pairs[0].second){};
+    };
+    auto has = [](const auto& pairs, const std::string& k) {
+        for (const auto& [key, v] : pairs)
+            if (key == k) return true;
+        return false;
+    };
+    const auto m = summary_metrics(ec, 0.0);
+    const auto hist = summary_histograms(ec, 0.0);
+    EXPECT_DOUBLE_EQ(get(m, "tokens_untaken_rate"), (1.0 / 6 + 0.0) / 2);
+    EXPECT_DOUBLE_EQ(get(m, "experts_per_token_max"), 4.0);
+    EXPECT_DOUBLE_EQ(get(m, "experts_per_token_mean"), (10.0 / 6 + 2.0) / 2);  // (0+2+4+0+4)/6 and 12/6
+    EXPECT_EQ(get(hist, "coverage"), (std::vector<double>{0.5, 1, 4, 0, 0.5}));  // mean of the layers
+    EXPECT_FALSE(has(m, "rerouted_rate"));
+    EXPECT_FALSE(has(hist, "rerouted_per_round"));
+
+    // rerouting over the last 25% (steps 80, 90, 100): layer 0 places 2, 4, 2 choices, layer 1 4 each, of 16
+    const auto mr = summary_metrics(rr, 0.25);
+    const auto hr = summary_histograms(rr, 0.25);
+    EXPECT_NEAR(get(mr, "rerouted_rate"), (2 + 4 + 2 + 3 * 4) / 16.0 / 6, 1e-12);
+    const std::vector<double> per_round = get(hr, "rerouted_per_round");
+    ASSERT_EQ(per_round.size(), 2u);
+    EXPECT_DOUBLE_EQ(per_round[0], (3 * 2 + 3 * 4) / 6.0);
+    EXPECT_DOUBLE_EQ(per_round[1], (0 + 2 + 0) / 6.0);  // layer 0 places 0, 2, 0 in round 2
+    EXPECT_FALSE(has(mr, "tokens_untaken_rate"));
+    EXPECT_FALSE(has(hr, "coverage"));
+    EXPECT_TRUE(summary_histograms(fake_history(true), 0.1).empty());
+
+    // expert choice: coverage.png beside the usual plots; the routing panels show the untaken tokens
+    // and the most experts on a token (drop rate and imbalance are 0 and 1 by construction)
+    const std::string dir = fresh_dir("expert_choice");
+    std::vector<std::string> written;
+    ASSERT_TRUE(write_run_plots(ec, dir, nullptr, &written));
+    ASSERT_FALSE(written.empty());
+    EXPECT_EQ(written.back(), dir + "/coverage.png");
+    const plot::Figure cov = coverage_figure(ec);
+    ASSERT_EQ(cov.axes.size(), 2u);
+    EXPECT_EQ(cov.axes[0].categories.size(), 5u);
+    EXPECT_EQ(cov.axes[0].bars[0].values, (std::vector<double>{1, 2, 2, 0, 1}));
+    Image im = load(dir + "/coverage.png");
+    ASSERT_TRUE(im.ok);
+    EXPECT_EQ(im.w, cov.width);
+    EXPECT_GT(non_white_fraction(im), 0.03);
+    const plot::Figure routing_ec = drop_entropy_figure(ec);
+    EXPECT_EQ(routing_ec.axes[0].title, "tokens no expert took");
+    EXPECT_NEAR(routing_ec.axes[0].series[0].y.back(), 100.0 / 6, 1e-12);
+    EXPECT_DOUBLE_EQ(routing_ec.axes[2].series[0].y.back(), 4.0);
+    // rerouting: a dashed series per layer, the rerouted share of the choices
+    const plot::Figure routing_rr = drop_entropy_figure(rr);
+    ASSERT_EQ(routing_rr.axes[0].series.size(), 4u);
+    EXPECT_TRUE(routing_rr.axes[0].series[1].dashed);
+    EXPECT_DOUBLE_EQ(routing_rr.axes[0].series[1].y.back(), 100.0 * 2 / 16);  // step 100: layer 0 placed 2 + 0
+    written.clear();
+    ASSERT_TRUE(write_run_plots(rr, fresh_dir("reroute"), nullptr, &written));
+    for (const auto& p : written) EXPECT_EQ(p.find("coverage.png"), std::string::npos) << p;
+}
+
 TEST(RunReport, PrintableCharacters) {
     EXPECT_EQ(printable_char('a'), "'a'");
     EXPECT_EQ(printable_char(' '), "' '");
