@@ -6,6 +6,7 @@
 // trainer's flag table (run/config.h) rather than written again, so the study follows the trainer.
 // The study runs train_moe_cpu, so these are the CPU build's defaults.
 #pragma once
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -41,6 +42,12 @@ struct Sweep {
     bool report_only = false, dry_run = false;
     std::set<std::string> only;
     int F() const { return expert_hidden > 0 ? expert_hidden : 2 * dim; }
+    // The routing variants' own settings (the README says how they were chosen):
+    std::string bias_rate = "0.001";     // --bias-rate of the bias-balancing runs
+    std::string entropy_coef = "0.01";   // --entropy-coef of the entropy runs, + and -
+    // The synthetic-data runs (aux coefficient against specialisation) train half the steps: their
+    // four domains are told apart within a few hundred steps, and the study has to fit its budget.
+    int synthetic_steps() const { return std::max(1, steps / 2); }
 };
 
 struct RunSpec {
@@ -108,6 +115,34 @@ inline std::vector<RunSpec> study(const Sweep& s) {
     r.push_back({"top1", moe + " top-1", {{"top-k", "1"}}, 0.8});
     r.push_back({"dense-active", "dense, FFN " + std::to_string(K * F) + " (= K*F: the MoE's active size)",
                  {{"experts", "0"}, {"ffn-hidden", std::to_string(K * F)}}, 0.7});
+
+    // The routing variants (docs/model.md, 31). Each changes the run it is compared with in one
+    // place; the balancing runs keep the router noise off like aux-off and noise-off, their partners.
+    const std::map<std::string, std::string> no_noise = {{"router-noise", "0"}};
+    auto with = [](std::map<std::string, std::string> base, const std::map<std::string, std::string>& more) {
+        for (const auto& [k, v] : more) base[k] = v;
+        return base;
+    };
+    r.push_back({"ec-cf1.0", moe + " expert choice, capacity factor 1.0", {{"routing", "expert"}, {"capacity-factor", "1"}}, 1.05});
+    r.push_back({"bias", moe + " top-2, bias balancing (rate " + s.bias_rate + "), aux loss off, noise off",
+                 with(no_noise, {{"aux-coef", "0"}, {"bias-rate", s.bias_rate}}), 1.05});
+    r.push_back({"aux-bias", moe + " top-2, aux loss and bias balancing, noise off", with(no_noise, {{"bias-rate", s.bias_rate}}), 1.05});
+    r.push_back({"sigmoid-bias", moe + " top-2, sigmoid scores, bias balancing, aux loss off, noise off",
+                 with(no_noise, {{"gate", "sigmoid"}, {"aux-coef", "0"}, {"bias-rate", s.bias_rate}}), 1.0});
+    r.push_back({"reroute-cf1.0", moe + " top-2, capacity factor 1.0, overflow rerouted", {{"capacity-factor", "1"}, {"overflow", "reroute"}}, 0.95});
+    r.push_back({"reroute-cf0.5", moe + " top-2, capacity factor 0.5, overflow rerouted", {{"capacity-factor", "0.5"}, {"overflow", "reroute"}}, 0.8});
+    r.push_back({"entropy-pos", moe + " top-2, entropy bonus +" + s.entropy_coef, {{"entropy-coef", s.entropy_coef}}, 1.0});
+    r.push_back({"entropy-neg", moe + " top-2, entropy bonus -" + s.entropy_coef, {{"entropy-coef", "-" + s.entropy_coef}}, 1.0});
+    for (int e : {4, 16})  // the E x K surface around top1 and top2 (E = 8), at the same expert width
+        for (int k : {1, 2}) {
+            const std::string name = "E" + std::to_string(e) + "-top" + std::to_string(k);
+            r.push_back({name, "MoE " + std::to_string(e) + "x" + std::to_string(F) + " top-" + std::to_string(k),
+                         {{"experts", std::to_string(e)}, {"top-k", std::to_string(k)}}, (e == 16 ? 0.9 : 0.8) + 0.1 * (k - 1)});
+        }
+    for (const char* coef : {"0", "0.001", "0.01", "0.1"})
+        r.push_back({std::string("syn-aux") + coef,
+                     moe + " top-2, aux " + coef + ", synthetic data, " + std::to_string(s.synthetic_steps()) + " steps",
+                     {{"data", "synthetic"}, {"steps", std::to_string(s.synthetic_steps())}, {"aux-coef", coef}}, 0.55});
     return r;
 }
 
