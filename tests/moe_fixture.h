@@ -12,27 +12,14 @@
 
 #include "moe_layer.cuh"
 #include "reference_model.h"
+#include "tests/test_util.h"
 
 namespace moe_test {
 
-// ---------------------------------------------------------------- device memory helpers
-
-template <typename T>
-T* dalloc(size_t n) {
-    T* p = nullptr;
-    CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-    return p;
-}
-template <typename T>
-void upload(T* d, const std::vector<T>& h) {
-    if (!h.empty()) CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
-}
-template <typename T>
-std::vector<T> download(const T* d, size_t n) {
-    std::vector<T> h(n);
-    if (n > 0) CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-}
+// the device memory helpers of every test (tests/test_util.h)
+using test_util::dalloc;
+using test_util::download;
+using test_util::upload;
 
 inline void fill_uniform(std::vector<float>& v, std::mt19937& rng, float lo, float hi) {
     std::uniform_real_distribution<float> dist(lo, hi);

@@ -22,35 +22,14 @@
 #include "data/synthetic.h"
 #include "run/files.h"
 #include "run/safetensors.h"
+#include "tests/test_util.h"
 
 namespace {
 
-std::string read_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-void write_file(const std::string& path, const std::string& bytes) {
-    std::ofstream f(path, std::ios::binary | std::ios::trunc);
-    f.write(bytes.data(), (std::streamsize)bytes.size());
-}
-
-std::string trainer_path() {
-    if (const char* env = getenv("MOE_TRAINER")) return env;
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    std::vector<std::string> candidates;
-    if (n > 0) {
-        exe[n] = '\0';
-        std::string dir = dir_of(exe);  // build/cpu -> the repository is two levels up
-        candidates.push_back(dir + "/../../train_moe_cpu");
-    }
-    candidates.push_back("./train_moe_cpu");
-    for (const auto& c : candidates)
-        if (access(c.c_str(), X_OK) == 0) return c;
-    return "";
-}
+using test_util::find_trainer;
+using test_util::read_file;
+using test_util::shell_quote;
+using test_util::write_file;
 
 struct Result {
     int status = -1;
@@ -61,12 +40,6 @@ struct Result {
         return n;
     }
 };
-
-std::string quote(const std::string& s) {
-    std::string q = "'";
-    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return q + "'";
-}
 
 // Everything the suite shares: the binary, a scratch directory, text files, one earlier run.
 class Cli : public ::testing::Test {
@@ -87,9 +60,9 @@ protected:
         static int counter = 0;
         std::string out = dir + "/stdout" + std::to_string(counter), err = dir + "/stderr" + std::to_string(counter);
         counter++;
-        std::string cmd = "cd " + quote(dir) + " && " + quote(bin);
-        for (const auto& a : args) cmd += " " + quote(a);
-        cmd += " >" + quote(out) + " 2>" + quote(err) + " </dev/null";
+        std::string cmd = "cd " + shell_quote(dir) + " && " + shell_quote(bin);
+        for (const auto& a : args) cmd += " " + shell_quote(a);
+        cmd += " >" + shell_quote(out) + " 2>" + shell_quote(err) + " </dev/null";
         int status = std::system(cmd.c_str());
         Result r;
         r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -100,7 +73,7 @@ protected:
     static std::map<std::string, std::string> snapshot(const std::string& d) {
         std::map<std::string, std::string> files;
         std::string listing = dir + "/listing";
-        std::system(("ls -A " + quote(d) + " > " + quote(listing)).c_str());
+        std::system(("ls -A " + shell_quote(d) + " > " + shell_quote(listing)).c_str());
         std::istringstream names(read_file(listing));
         std::string name;
         while (std::getline(names, name)) files[name] = read_file(d + "/" + name);
@@ -108,7 +81,7 @@ protected:
     }
 
     static void SetUpTestSuite() {
-        bin = trainer_path();
+        bin = find_trainer();
         char tmpl[] = "/tmp/moe_test_cli_XXXXXX";
         dir = mkdtemp(tmpl);
         if (bin.empty()) return;
@@ -129,7 +102,7 @@ protected:
         ASSERT_EQ(r.status, 0) << r.err;
         prev_files = snapshot(dir + "/prev");
     }
-    static void TearDownTestSuite() { std::system(("rm -rf " + quote(dir)).c_str()); }
+    static void TearDownTestSuite() { std::system(("rm -rf " + shell_quote(dir)).c_str()); }
 
     void SetUp() override {
         ASSERT_FALSE(bin.empty()) << "train_moe_cpu not found: build it first (make test-cpu builds it), or set MOE_TRAINER";

@@ -22,28 +22,19 @@
 #include "reference_model.h"
 #include "tests/moe_formulas.h"
 #include "tests/reference_diagnostics.h"
+#include "tests/test_util.h"
 
 namespace {
 
-template <typename T>
-T* dalloc(size_t n) {
-    T* p = nullptr;
-    CUDA_CHECK(cudaMalloc(&p, std::max<size_t>(n, 1) * sizeof(T)));
-    return p;
-}
+using test_util::dalloc;
+using test_util::download;
+
 template <typename T>
 T* dupload(const std::vector<T>& h) {
     T* d = dalloc<T>(h.size());
     if (!h.empty()) CUDA_CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice));
     return d;
 }
-template <typename T>
-std::vector<T> download(const T* d, size_t n) {
-    std::vector<T> h(n);
-    if (n > 0) CUDA_CHECK(cudaMemcpy(h.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
-    return h;
-}
-
 class Diagnostics : public ::testing::Test {
   protected:
     void SetUp() override { simt::set_device_memory_protection(true); }

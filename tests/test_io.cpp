@@ -18,8 +18,12 @@
 #include "run/config.h"
 #include "run/files.h"
 #include "run/safetensors.h"
+#include "tests/test_util.h"
 
 namespace {
+
+using test_util::read_file;
+using test_util::write_file;
 
 // A fresh directory under /tmp, removed with everything in it when the test ends.
 struct TempDir {
@@ -32,16 +36,6 @@ struct TempDir {
     std::string operator/(const std::string& name) const { return path + "/" + name; }
 };
 
-std::string read_bytes(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-void write_bytes(const std::string& path, const std::string& bytes) {
-    std::ofstream f(path, std::ios::binary | std::ios::trunc);
-    f.write(bytes.data(), (std::streamsize)bytes.size());
-}
 bool one_line(const std::string& s) { return !s.empty() && s.find('\n') == std::string::npos; }
 
 // A safetensors file from a literal header and `data_bytes` zero bytes (no padding added).
@@ -127,7 +121,7 @@ TEST(Safetensors, RoundTripF32I32AndMetadata) {
     ASSERT_TRUE(safetensors::write(path, f, err)) << err;
     EXPECT_FALSE(path_exists(path + ".tmp"));
 
-    std::string bytes = read_bytes(path);
+    std::string bytes = read_file(path);
     uint64_t n;
     memcpy(&n, bytes.data(), 8);
     EXPECT_EQ(n % 8, 0u);  // header padded: the data starts 8-byte aligned
@@ -156,7 +150,7 @@ TEST(Safetensors, ReadsAFileWrittenByAnotherWriter) {
     while (header.size() % 8) header += ' ';
     uint64_t n = header.size();
     float data[2] = {1, 2};
-    write_bytes(dir / "x.safetensors", std::string((const char*)&n, 8) + header + std::string((const char*)data, 8));
+    write_file(dir / "x.safetensors", std::string((const char*)&n, 8) + header + std::string((const char*)data, 8));
     safetensors::File f;
     std::string err;
     ASSERT_TRUE(safetensors::read(dir / "x.safetensors", f, err)) << err;
@@ -168,12 +162,12 @@ TEST(Safetensors, EveryTruncationIsRejected) {
     TempDir dir;
     std::string path = dir / "a.safetensors", err;
     ASSERT_TRUE(safetensors::write(path, sample_file(), err)) << err;
-    std::string bytes = read_bytes(path);
+    std::string bytes = read_file(path);
     uint64_t n;
     memcpy(&n, bytes.data(), 8);
     std::set<size_t> cuts = {0, 1, 4, 7, 8, 9, 8 + n / 2, 8 + n - 1, 8 + n, 8 + n + 1, bytes.size() - 4, bytes.size() - 1};
     for (size_t cut : cuts) {
-        write_bytes(dir / "cut", bytes.substr(0, cut));
+        write_file(dir / "cut", bytes.substr(0, cut));
         safetensors::File g;
         std::string e;
         EXPECT_FALSE(safetensors::read(dir / "cut", g, e)) << "cut at " << cut;
@@ -181,7 +175,7 @@ TEST(Safetensors, EveryTruncationIsRejected) {
         EXPECT_NE(e.find(dir / "cut"), std::string::npos) << e;
     }
     // Trailing bytes after the last tensor are rejected too.
-    write_bytes(dir / "long", bytes + "xxxx");
+    write_file(dir / "long", bytes + "xxxx");
     safetensors::File g;
     EXPECT_FALSE(safetensors::read(dir / "long", g, err));
     EXPECT_NE(err.find("trailing"), std::string::npos) << err;
@@ -191,7 +185,7 @@ TEST(Safetensors, FlippedHeaderBytesNeverCrashAndFailCleanly) {
     TempDir dir;
     std::string path = dir / "a.safetensors", err;
     ASSERT_TRUE(safetensors::write(path, sample_file(), err)) << err;
-    std::string bytes = read_bytes(path);
+    std::string bytes = read_file(path);
     uint64_t n;
     memcpy(&n, bytes.data(), 8);
     int rejected = 0;
@@ -199,7 +193,7 @@ TEST(Safetensors, FlippedHeaderBytesNeverCrashAndFailCleanly) {
         for (unsigned char x : {i % 2 ? 0x01 : 0x80}) {  // low and high bits, alternating
             std::string b = bytes;
             b[i] = (char)(b[i] ^ x);
-            write_bytes(dir / "flip", b);
+            write_file(dir / "flip", b);
             safetensors::File g;
             std::string e;
             if (!safetensors::read(dir / "flip", g, e)) {
@@ -244,7 +238,7 @@ TEST(Safetensors, CorruptHeadersGiveClearErrors) {
         {raw_file(R"({"t":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,8]}})", 8), "need more"},
     };
     for (const auto& c : cases) {
-        write_bytes(dir / "bad", c.file);
+        write_file(dir / "bad", c.file);
         safetensors::File f;
         std::string err;
         EXPECT_FALSE(safetensors::read(dir / "bad", f, err)) << c.expect;
@@ -842,12 +836,12 @@ TEST(Data, BadFilesGiveOneLineErrors) {
     EXPECT_FALSE(load_dataset(dir / "missing.txt", 8, d, err));
     EXPECT_NE(err.find("No such file"), std::string::npos) << err;
     EXPECT_TRUE(one_line(err));
-    write_bytes(dir / "empty.txt", "");
+    write_file(dir / "empty.txt", "");
     EXPECT_FALSE(load_dataset(dir / "empty.txt", 8, d, err));
     EXPECT_NE(err.find("is empty"), std::string::npos) << err;
     EXPECT_FALSE(load_dataset(dir.path, 8, d, err));
     EXPECT_NE(err.find("directory"), std::string::npos) << err;
-    write_bytes(dir / "short.txt", std::string(50, 'a') + "b");  // 45 train, 6 val characters
+    write_file(dir / "short.txt", std::string(50, 'a') + "b");  // 45 train, 6 val characters
     EXPECT_FALSE(load_dataset(dir / "short.txt", 8, d, err));
     EXPECT_NE(err.find("--block-size 8 needs at least 9 characters"), std::string::npos) << err;
     EXPECT_TRUE(one_line(err));
@@ -940,20 +934,20 @@ TEST(RunFiles, JsonLinesAreValidJson) {
     MetricsLog log;
     ASSERT_TRUE(log.open(dir / "metrics.jsonl", err));
     for (int s = 1; s <= 5; s++) log.write(JsonObject().integer("step", s));
-    EXPECT_EQ(read_bytes(dir / "metrics.jsonl"), "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n{\"step\":4}\n{\"step\":5}\n");
-    write_bytes(dir / "m2", "{\"step\":1}\n{\"step\":4}\n{\"note\":1}\n{\"step\":5}\n{\"step\":6,\"lo");  // torn last line
+    EXPECT_EQ(read_file(dir / "metrics.jsonl"), "{\"step\":1}\n{\"step\":2}\n{\"step\":3}\n{\"step\":4}\n{\"step\":5}\n");
+    write_file(dir / "m2", "{\"step\":1}\n{\"step\":4}\n{\"note\":1}\n{\"step\":5}\n{\"step\":6,\"lo");  // torn last line
     ASSERT_TRUE(truncate_metrics(dir / "m2", 4, err)) << err;
-    EXPECT_EQ(read_bytes(dir / "m2"), "{\"step\":1}\n{\"step\":4}\n{\"note\":1}\n");
+    EXPECT_EQ(read_file(dir / "m2"), "{\"step\":1}\n{\"step\":4}\n{\"note\":1}\n");
     EXPECT_TRUE(truncate_metrics(dir / "absent", 4, err));
     EXPECT_FALSE(path_exists(dir / "absent"));
 
     for (int s : {2, 4, 6}) ASSERT_TRUE(append_sample(dir / "samples.txt", s, "text of step " + std::to_string(s), err));
-    std::string all = read_bytes(dir / "samples.txt");
+    std::string all = read_file(dir / "samples.txt");
     EXPECT_EQ(all, "--- step 2 ---\ntext of step 2\n\n--- step 4 ---\ntext of step 4\n\n--- step 6 ---\ntext of step 6\n\n");
     ASSERT_TRUE(truncate_samples(dir / "samples.txt", 6, err));
-    EXPECT_EQ(read_bytes(dir / "samples.txt"), all);
+    EXPECT_EQ(read_file(dir / "samples.txt"), all);
     ASSERT_TRUE(truncate_samples(dir / "samples.txt", 5, err));
-    EXPECT_EQ(read_bytes(dir / "samples.txt"), all.substr(0, all.find("--- step 6")));
+    EXPECT_EQ(read_file(dir / "samples.txt"), all.substr(0, all.find("--- step 6")));
     EXPECT_TRUE(truncate_samples(dir / "absent", 4, err));
 }
 
@@ -963,10 +957,10 @@ TEST(RunFiles, RunDirectoryChecks) {
     EXPECT_TRUE(check_run_dir(dir / "new/run", "", err));
     EXPECT_FALSE(path_exists(dir / "new"));  // checking touches nothing
     EXPECT_TRUE(check_run_dir(dir.path, "", err));  // an empty directory is fine
-    write_bytes(dir / "file", "x");
+    write_file(dir / "file", "x");
     EXPECT_FALSE(check_run_dir(dir / "file", "", err));
     EXPECT_NE(err.find("not a directory"), std::string::npos);
-    write_bytes(dir / "metrics.jsonl", "");
+    write_file(dir / "metrics.jsonl", "");
     EXPECT_FALSE(check_run_dir(dir.path, "", err));
     EXPECT_NE(err.find("already holds a run"), std::string::npos);
     EXPECT_TRUE(check_run_dir(dir.path, dir.path + "/.", err)) << err;  // resuming the run in this directory

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "tests/racy_kernels.cuh"
+#include "tests/test_util.h"
 
 #if !defined(__SANITIZE_THREAD__)
 #error "tests/test_racecheck.cpp belongs to the ThreadSanitizer build (make test-tsan)"
@@ -53,23 +54,7 @@ const bool g_listener_installed = [] {
     return true;
 }();
 
-template <class T>
-struct DeviceBuffer {
-    T* ptr = nullptr;
-    size_t n = 0;
-    explicit DeviceBuffer(size_t count) : n(count) { EXPECT_EQ(cudaMalloc(&ptr, count * sizeof(T)), cudaSuccess); }
-    explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
-        EXPECT_EQ(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-    }
-    ~DeviceBuffer() { EXPECT_EQ(cudaFree(ptr), cudaSuccess); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    std::vector<T> download() const {
-        std::vector<T> host(n);
-        EXPECT_EQ(cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-        return host;
-    }
-};
+using test_util::DeviceBuffer;
 
 std::vector<float> iota_floats(int n) {
     std::vector<float> v((size_t)n);

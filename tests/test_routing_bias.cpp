@@ -31,10 +31,15 @@
 #include "run/safetensors.h"
 #include "tests/moe_fixture.h"
 #include "tests/png_check.h"
+#include "tests/test_util.h"
 
 using namespace moe_test;
 
 namespace {
+
+using test_util::find_trainer;
+using test_util::read_file;
+using test_util::shell_quote;
 
 // A fixture whose layer has the selection bias `bias` (host and device copies).
 struct BiasedLayer {
@@ -563,40 +568,11 @@ TEST(RoutingBiasReport, BiasPlotIsWrittenOnlyWhenTheBiasIsOn) {
 
 namespace {
 
-std::string slurp(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
-std::string shell_quote(const std::string& s) {
-    std::string q = "'";
-    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return q + "'";
-}
-
 class RoutingBiasCli : public ::testing::Test {
 protected:
     static std::string bin, dir, text;
     static void SetUpTestSuite() {
-        if (const char* env = getenv("MOE_TRAINER")) bin = env;
-        else {
-            char exe[4096];
-            ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-            std::vector<std::string> candidates;
-            if (n > 0) {
-                exe[n] = '\0';
-                candidates.push_back(dir_of(exe) + "/../../train_moe_cpu");
-            }
-            char cwd[4096];
-            if (getcwd(cwd, sizeof cwd)) candidates.push_back(std::string(cwd) + "/train_moe_cpu");
-            for (const auto& c : candidates)
-                if (access(c.c_str(), X_OK) == 0) {
-                    bin = c;
-                    break;
-                }
-        }
+        bin = find_trainer();
         char tmpl[] = "/tmp/moe_bias_cli_XXXXXX";
         dir = mkdtemp(tmpl);
         text = dir + "/text.txt";
@@ -620,13 +596,13 @@ protected:
         for (const auto& a : args) cmd += " " + shell_quote(a);
         cmd += " >" + shell_quote(log) + " 2>&1 </dev/null";
         const int status = std::system(cmd.c_str());
-        if (out) *out = slurp(log);
+        if (out) *out = read_file(log);
         return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     }
     // metrics.jsonl without the timing fields
     static std::vector<std::string> records(const std::string& path) {
         std::vector<std::string> r;
-        std::istringstream lines(slurp(path));
+        std::istringstream lines(read_file(path));
         std::string line;
         while (std::getline(lines, line)) {
             for (const char* key : {"\"ms_per_step\":", "\"tokens_per_s\":"}) {
@@ -670,10 +646,10 @@ TEST_F(RoutingBiasCli, BiasRateTrainsAndWritesTheBias) {
     EXPECT_EQ(*model.meta("bias-rate"), "0.001");
     ASSERT_TRUE(safetensors::read(out + "/state.safetensors", state, err)) << err;
     for (const auto& t : state.tensors) EXPECT_EQ(t.name.find("router.bias"), std::string::npos) << t.name;
-    const std::string metrics = slurp(out + "/metrics.jsonl");
+    const std::string metrics = read_file(out + "/metrics.jsonl");
     EXPECT_NE(metrics.find("\"bias\":["), std::string::npos);
     EXPECT_NE(metrics.find("\"bias_range\":"), std::string::npos);
-    const std::string summary = slurp(out + "/summary.json");
+    const std::string summary = read_file(out + "/summary.json");
     EXPECT_NE(summary.find("\"router_bias\":[["), std::string::npos) << summary;
     EXPECT_NE(summary.find("\"bias_range\":"), std::string::npos) << summary;
     EXPECT_TRUE(load(out + "/bias.png").ok);
@@ -682,7 +658,7 @@ TEST_F(RoutingBiasCli, BiasRateTrainsAndWritesTheBias) {
     ASSERT_EQ(run(tiny({"--steps", "2", "--out", plain}), &log), 0) << log;
     ASSERT_TRUE(safetensors::read(plain + "/model.safetensors", model, err)) << err;
     EXPECT_EQ(model.find("h.0.moe.router.bias"), nullptr);
-    EXPECT_EQ(slurp(plain + "/metrics.jsonl").find("\"bias\""), std::string::npos);
+    EXPECT_EQ(read_file(plain + "/metrics.jsonl").find("\"bias\""), std::string::npos);
     EXPECT_FALSE(path_exists(plain + "/bias.png"));
 }
 
@@ -701,8 +677,8 @@ TEST_F(RoutingBiasCli, ResumedRunIsBitIdenticalAndTheDumpHoldsTheBias) {
     ASSERT_EQ(run(args(part, {"--stop-at", "3"}), &log), 0) << log;
     ASSERT_EQ(run({"--resume", part + "/model.safetensors"}, &log), 0) << log;
     EXPECT_EQ(records(part + "/metrics.jsonl"), records(whole + "/metrics.jsonl"));
-    EXPECT_EQ(slurp(part + "/model.safetensors"), slurp(whole + "/model.safetensors"));
-    EXPECT_EQ(slurp(part + "/samples.txt"), slurp(whole + "/samples.txt"));
+    EXPECT_EQ(read_file(part + "/model.safetensors"), read_file(whole + "/model.safetensors"));
+    EXPECT_EQ(read_file(part + "/samples.txt"), read_file(whole + "/samples.txt"));
     // the state dump of the initial model has the bias, all zeros, and no gradient of it
     const std::string dump = dir + "/dump.safetensors";
     ASSERT_EQ(run(tiny({"--bias-rate", "0.01", "--dump-state", dump}), &log), 0) << log;

@@ -22,42 +22,13 @@
 #include "data/synthetic.h"
 #include "run/files.h"
 #include "run/safetensors.h"
+#include "tests/test_util.h"
 
 namespace {
 
-std::string slurp(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
-std::string shell_quote(const std::string& s) {
-    std::string q = "'";
-    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return q + "'";
-}
-
-std::string find_trainer() {
-    if (const char* env = getenv("MOE_TRAINER")) return env;
-    char exe[4096];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    std::vector<std::string> candidates;
-    if (n > 0) {
-        exe[n] = '\0';
-        candidates.push_back(dir_of(exe) + "/../../train_moe_cpu");  // build/cpu -> the repository
-    }
-    candidates.push_back("./train_moe_cpu");
-    for (auto c : candidates)
-        if (access(c.c_str(), X_OK) == 0) {
-            if (c[0] != '/') {
-                char cwd[4096];
-                c = std::string(getcwd(cwd, sizeof cwd)) + "/" + c;
-            }
-            return c;
-        }
-    return "";
-}
+using test_util::find_trainer;
+using test_util::read_file;
+using test_util::shell_quote;
 
 struct Ran {
     int status = -1;
@@ -67,7 +38,7 @@ struct Ran {
 // The records of metrics.jsonl by step (step 0 is the run's sizes).
 std::map<long long, json::Value> records_by_step(const std::string& path) {
     std::map<long long, json::Value> records;
-    std::istringstream lines(slurp(path));
+    std::istringstream lines(read_file(path));
     std::string line;
     while (std::getline(lines, line)) {
         json::Value v;
@@ -124,8 +95,8 @@ protected:
         const int status = std::system(cmd.c_str());
         Ran r;
         r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        r.out = slurp(out);
-        r.err = slurp(err);
+        r.out = read_file(out);
+        r.err = read_file(err);
         return r;
     }
     static safetensors::File read(const std::string& path) {
@@ -169,8 +140,8 @@ TEST_F(ResumeDump, IsTheStepTheResumedRunTrainsNext) {
     ASSERT_EQ(rw.status, 0) << rw.err;
     Ran rs = run(tiny({"--out", stopped, "--stop-at", "3"}));
     ASSERT_EQ(rs.status, 0) << rs.err;
-    const std::string checkpoint_model = slurp(stopped + "/model.safetensors"),
-                      checkpoint_state = slurp(stopped + "/state.safetensors");
+    const std::string checkpoint_model = read_file(stopped + "/model.safetensors"),
+                      checkpoint_state = read_file(stopped + "/state.safetensors");
     const std::string checkpoint_copy = dir + "/checkpoint_at_3.safetensors";  // resuming rewrites the original
     std::ofstream(checkpoint_copy, std::ios::binary) << checkpoint_model;
 
@@ -180,8 +151,8 @@ TEST_F(ResumeDump, IsTheStepTheResumedRunTrainsNext) {
     EXPECT_NE(rd.out.find("at step 3"), std::string::npos) << rd.out;
     EXPECT_FALSE(path_exists(dir + "/no_run"));  // a dump writes no run
     // The checkpoint is untouched, and resuming it afterwards still continues exactly.
-    EXPECT_TRUE(slurp(stopped + "/model.safetensors") == checkpoint_model);
-    EXPECT_TRUE(slurp(stopped + "/state.safetensors") == checkpoint_state);
+    EXPECT_TRUE(read_file(stopped + "/model.safetensors") == checkpoint_model);
+    EXPECT_TRUE(read_file(stopped + "/state.safetensors") == checkpoint_state);
     EXPECT_EQ(records_by_step(stopped + "/metrics.jsonl").size(), 4u);  // sizes, steps 1..3
     Ran rr = run({"--resume", stopped + "/model.safetensors"});
     ASSERT_EQ(rr.status, 0) << rr.err;

@@ -28,8 +28,12 @@
 #include "reference_model.h"
 #include "run/safetensors.h"
 #include "tests/moe_fixture.h"
+#include "tests/test_util.h"
 
 namespace {
+
+using test_util::find_trainer;
+using test_util::read_file;
 
 using namespace moe_test;
 
@@ -142,7 +146,7 @@ TEST_F(MoeTest, GateRouterKernelsMatchReference) {
 
 // ---------------------------------------------------------------- the whole layer
 
-void check_layer(MoeFixture& fx, bool training, float aux_coef, float z_coef) {
+void check_gate_layer(MoeFixture& fx, bool training, float aux_coef, float z_coef) {
     SCOPED_TRACE(describe_gate(fx.cfg, fx.d.N) + (training ? " training" : " eval"));
     fx.forward(training);
     fx.backward(aux_coef, z_coef);
@@ -185,7 +189,7 @@ TEST_F(MoeTest, GateLayerMatchesReferenceOverGrid) {
                         if (!sigmoid && coef == 0.0f) continue;  // the default: test_moe.cpp
                         ModelConfig cfg = gate_config(6, K, cf, noise, sigmoid, coef);
                         MoeFixture fx(cfg, 37, 500 + K * 7 + (int)(cf * 4) + noise * 11 + sigmoid * 13);
-                        check_layer(fx, true, 0.3f, 0.05f);
+                        check_gate_layer(fx, true, 0.3f, 0.05f);
                         int dropped = 0;
                         for (int x : download(fx.acts.kept, fx.NK())) dropped += x == 0;
                         dropping += dropped > 0;
@@ -195,7 +199,7 @@ TEST_F(MoeTest, GateLayerMatchesReferenceOverGrid) {
     EXPECT_GT(dropping, 0) << "some configurations must drop choices";
     // evaluation: no noise, the entropy on the clean scores
     MoeFixture fx(gate_config(6, 2, 0.5, true, true, 0.1f), 37, 71);
-    check_layer(fx, false, 0.3f, 0.05f);
+    check_gate_layer(fx, false, 0.3f, 0.05f);
 }
 
 // ---------------------------------------------------------------- finite differences of the reference
@@ -321,10 +325,10 @@ TEST(MoeReferenceTest, AuxOnNormalisedScoresAndEntropyGradients) {
 
 // ---------------------------------------------------------------- determinism
 
-struct Snapshot {
+struct GateSnapshot {
     std::vector<std::vector<float>> floats;
     std::vector<int> ints;
-    bool operator==(const Snapshot& o) const {
+    bool operator==(const GateSnapshot& o) const {
         if (floats.size() != o.floats.size() || ints != o.ints) return false;
         for (size_t i = 0; i < floats.size(); i++)
             if (floats[i].size() != o.floats[i].size() ||
@@ -334,11 +338,11 @@ struct Snapshot {
     }
 };
 
-Snapshot run_snapshot(MoeFixture& fx) {
+GateSnapshot run_gate_snapshot(MoeFixture& fx) {
     fx.upload_all();
     fx.forward(true);
     fx.backward(0.01f, 0.001f);
-    Snapshot s;
+    GateSnapshot s;
     const MoeActivations& a = fx.acts;
     s.floats = {download(fx.d_out, fx.NC()), download(fx.d_du, fx.NC()), download(a.probs, fx.NE()),
                 download(a.norm_probs, fx.NE()), download(a.gates, fx.NK()), download(a.aux, 1), download(a.z, 1),
@@ -356,16 +360,16 @@ Snapshot run_snapshot(MoeFixture& fx) {
 TEST_F(MoeTest, GateBitIdenticalAcrossWorkerThreadsAndShuffledOrder) {
     MoeFixture fx(gate_config(8, 2, 1.0, true, true, 0.02f), 300, 23);
     simt::set_worker_threads(1);
-    Snapshot one = run_snapshot(fx);
+    GateSnapshot one = run_gate_snapshot(fx);
     simt::set_worker_threads(2);
-    Snapshot two = run_snapshot(fx);
+    GateSnapshot two = run_gate_snapshot(fx);
     EXPECT_TRUE(one == two) << "1 vs 2 worker threads";
     simt::set_shuffle(777);
-    Snapshot shuffled = run_snapshot(fx);
+    GateSnapshot shuffled = run_gate_snapshot(fx);
     EXPECT_TRUE(one == shuffled) << "shuffled thread order";
     simt::set_shuffle(0);
     simt::set_worker_threads(1);
-    EXPECT_TRUE(one == run_snapshot(fx)) << "repeat";
+    EXPECT_TRUE(one == run_gate_snapshot(fx)) << "repeat";
 }
 
 // ---------------------------------------------------------------- the defaults
@@ -414,31 +418,6 @@ TEST_F(MoeTest, GateDefaultsAddNothing) {
 
 // ---------------------------------------------------------------- the trainer
 
-std::string slurp(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
-std::string find_trainer() {
-    if (const char* env = getenv("MOE_TRAINER")) return env;
-    char exe[4096];
-    const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    std::vector<std::string> candidates;
-    if (n > 0) {
-        exe[n] = '\0';
-        std::string dir(exe);
-        dir = dir.substr(0, dir.find_last_of('/'));
-        candidates.push_back(dir + "/../../train_moe_cpu");  // build/cpu -> the repository
-    }
-    char cwd[4096];
-    if (getcwd(cwd, sizeof cwd)) candidates.push_back(std::string(cwd) + "/train_moe_cpu");
-    for (const auto& c : candidates)
-        if (access(c.c_str(), X_OK) == 0) return c;
-    return "";
-}
-
 int run_trainer(const std::string& bin, const std::string& dir, const std::string& args, const std::string& tag) {
     const std::string cmd = "cd '" + dir + "' && '" + bin + "' " + args + " >'" + dir + "/" + tag + ".out' 2>'" + dir +
                             "/" + tag + ".err' </dev/null";
@@ -458,14 +437,14 @@ TEST(RoutingGateCli, SigmoidWithEntropyBonusTrainsAndDumps) {
     const std::string tiny = "--data corpus.txt --layers 1 --dim 16 --heads 2 --block-size 8 --batch 2 "
                              "--eval-batches 2 --sample-len 16 --experts 4 --top-k 2 ";
     const std::string variant = "--gate sigmoid --entropy-coef 0.01 ";
-    EXPECT_EQ(run_trainer(bin, dir, tiny + variant + "--steps 2 --out run", "train"), 0) << slurp(dir + "/train.err");
-    const std::string metrics = slurp(dir + "/run/metrics.jsonl");
+    EXPECT_EQ(run_trainer(bin, dir, tiny + variant + "--steps 2 --out run", "train"), 0) << read_file(dir + "/train.err");
+    const std::string metrics = read_file(dir + "/run/metrics.jsonl");
     EXPECT_NE(metrics.find("\"entropy\""), std::string::npos) << metrics;
-    EXPECT_NE(slurp(dir + "/train.out").find("entropy"), std::string::npos);
+    EXPECT_NE(read_file(dir + "/train.out").find("entropy"), std::string::npos);
 
     // the state dump holds loss.entropy, and total = ce + aux_coef aux + z_coef z - entropy_coef H
     ASSERT_EQ(run_trainer(bin, dir, tiny + variant + "--steps 2 --dump-state dump.safetensors", "dump"), 0)
-        << slurp(dir + "/dump.err");
+        << read_file(dir + "/dump.err");
     safetensors::File f;
     std::string error;
     ASSERT_TRUE(safetensors::read(dir + "/dump.safetensors", f, error)) << error;
@@ -479,7 +458,7 @@ TEST(RoutingGateCli, SigmoidWithEntropyBonusTrainsAndDumps) {
 
     // without the flag: no loss.entropy
     ASSERT_EQ(run_trainer(bin, dir, tiny + "--steps 2 --dump-state plain.safetensors", "plain"), 0)
-        << slurp(dir + "/plain.err");
+        << read_file(dir + "/plain.err");
     safetensors::File plain;
     ASSERT_TRUE(safetensors::read(dir + "/plain.safetensors", plain, error)) << error;
     EXPECT_EQ(plain.find("loss.entropy"), nullptr);

@@ -186,7 +186,7 @@ TEST_F(MoeTest, RerouteHandExample) {
 }
 
 // The whole layer's routing, exactly, plus its numbers, against the reference.
-void check_layer(MoeFixture& fx, bool training, float aux_coef, float z_coef) {
+void check_groups_layer(MoeFixture& fx, bool training, float aux_coef, float z_coef) {
     const Dims c = fx.d;
     SCOPED_TRACE(describe(fx) + " G=" + std::to_string(fx.cfg.groups) + " " + fx.cfg.overflow +
                  (training ? " training" : " eval"));
@@ -223,7 +223,7 @@ void check_layer(MoeFixture& fx, bool training, float aux_coef, float z_coef) {
 TEST_F(MoeTest, RerouteHandExampleLayerMatchesReference) {
     ModelConfig cfg = variant(8, 4, 2, 8, 0, 0, 1.0, false, 1, true);
     MoeFixture fx(cfg, 4, 21);
-    check_layer(fx, false, 0.3f, 0.05f);
+    check_groups_layer(fx, false, 0.3f, 0.05f);
 }
 
 TEST_F(MoeTest, GroupsAndRerouteLayerMatchesReferenceOverGrid) {
@@ -235,7 +235,7 @@ TEST_F(MoeTest, GroupsAndRerouteLayerMatchesReferenceOverGrid) {
                     for (bool noise : {false, true}) {
                         ModelConfig cfg = variant(24, 6, K, 40, 1, 20, cf, noise, G, reroute);
                         MoeFixture fx(cfg, 36, 300 + G * 31 + reroute * 17 + K * 5 + (cf == 1.0) * 3 + noise);
-                        check_layer(fx, true, 0.3f, 0.05f);
+                        check_groups_layer(fx, true, 0.3f, 0.05f);
                         if (reroute)
                             for (int x : download(fx.acts.reroute_placed, (size_t)(6 - K) * 6)) rerouted += x;
                         if (G == 2 && !reroute)
@@ -361,10 +361,10 @@ TEST(MoeRerouteReferenceTest, BackwardMatchesFiniteDifferences) {
 
 // ---------------------------------------------------------------- determinism
 
-struct Snapshot {
+struct GroupsSnapshot {
     std::vector<float> out, du, grads, gates;
     std::vector<int> routing;
-    bool operator==(const Snapshot& o) const {
+    bool operator==(const GroupsSnapshot& o) const {
         auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
             return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
         };
@@ -373,11 +373,11 @@ struct Snapshot {
     }
 };
 
-Snapshot run_snapshot(MoeFixture& fx) {
+GroupsSnapshot run_groups_snapshot(MoeFixture& fx) {
     fx.upload_all();
     fx.forward(true);
     fx.backward(0.01f, 0.001f);
-    Snapshot s;
+    GroupsSnapshot s;
     s.out = download(fx.d_out, fx.NC());
     s.du = download(fx.d_du, fx.NC());
     fx.download_grads().for_each([&](const char*, std::vector<float>& v) { s.grads.insert(s.grads.end(), v.begin(), v.end()); });
@@ -395,16 +395,16 @@ TEST_F(MoeTest, GroupsRerouteBitIdenticalAcrossWorkerThreadsAndShuffledOrder) {
     ModelConfig cfg = variant(32, 8, 2, 48, 1, 24, 0.5, true, 2, true);
     MoeFixture fx(cfg, 300, 13);
     simt::set_worker_threads(1);
-    Snapshot one = run_snapshot(fx);
+    GroupsSnapshot one = run_groups_snapshot(fx);
     simt::set_worker_threads(2);
-    Snapshot two = run_snapshot(fx);
+    GroupsSnapshot two = run_groups_snapshot(fx);
     EXPECT_TRUE(one == two) << "1 vs 2 worker threads";
     simt::set_shuffle(12345);
-    Snapshot shuffled = run_snapshot(fx);
+    GroupsSnapshot shuffled = run_groups_snapshot(fx);
     EXPECT_TRUE(one == shuffled) << "shuffled thread order";
     simt::set_shuffle(0);
     simt::set_worker_threads(1);
-    Snapshot again = run_snapshot(fx);
+    GroupsSnapshot again = run_groups_snapshot(fx);
     EXPECT_TRUE(one == again) << "repeat";
 }
 

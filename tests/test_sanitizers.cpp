@@ -19,28 +19,12 @@
 #include <vector>
 
 #include "tests/racy_kernels.cuh"
+#include "tests/test_util.h"
 
 namespace {
 
-template <class T>
-struct DeviceBuffer {
-    T* ptr = nullptr;
-    size_t n = 0;
-    explicit DeviceBuffer(size_t count) : n(count) { EXPECT_EQ(cudaMalloc(&ptr, count * sizeof(T)), cudaSuccess); }
-    explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) {
-        EXPECT_EQ(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-    }
-    ~DeviceBuffer() { EXPECT_EQ(cudaFree(ptr), cudaSuccess); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    std::vector<T> download() const {
-        std::vector<T> host(n);
-        EXPECT_EQ(cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-        return host;
-    }
-};
-
-bool contains(const std::string& haystack, const std::string& needle) { return haystack.find(needle) != std::string::npos; }
+using test_util::contains;
+using test_util::DeviceBuffer;
 
 // The line of `needle` in tests/racy_kernels.cuh (the messages name file:line).
 int line_of(const std::string& needle) {

@@ -18,31 +18,14 @@
 #include <vector>
 
 #include "tests/simt_test_kernels.cuh"
+#include "tests/test_util.h"
 
 namespace {
 
-// ------------------------------------------------------------------ helpers
-template <class T>
-struct DeviceBuffer {
-    T* ptr = nullptr;
-    size_t n = 0;
-    explicit DeviceBuffer(size_t count) : n(count) { EXPECT_EQ(cudaMalloc(&ptr, count * sizeof(T)), cudaSuccess); }
-    explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
-    ~DeviceBuffer() { EXPECT_EQ(cudaFree(ptr), cudaSuccess); }
-    DeviceBuffer(const DeviceBuffer&) = delete;
-    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-    void upload(const std::vector<T>& host) {
-        ASSERT_EQ(host.size(), n);
-        ASSERT_EQ(cudaMemcpy(ptr, host.data(), n * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-    }
-    std::vector<T> download() const {
-        std::vector<T> host(n);
-        EXPECT_EQ(cudaMemcpy(host.data(), ptr, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-        return host;
-    }
-    void fill_bytes(int value) { EXPECT_EQ(cudaMemset(ptr, value, n * sizeof(T)), cudaSuccess); }
-};
+using test_util::contains;
+using test_util::DeviceBuffer;
 
+// ------------------------------------------------------------------ helpers
 std::vector<float> random_floats(size_t n, unsigned seed, float lo = -3.0f, float hi = 3.0f) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> dist(lo, hi);
@@ -54,8 +37,6 @@ std::vector<float> random_floats(size_t n, unsigned seed, float lo = -3.0f, floa
 bool bit_identical(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
-
-bool contains(const std::string& haystack, const std::string& needle) { return haystack.find(needle) != std::string::npos; }
 
 // ------------------------------------------------------------------ plain C++ references
 std::vector<float> ref_softmax(const std::vector<float>& in, int rows, int cols) {
