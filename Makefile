@@ -6,6 +6,8 @@
 #   make train_moe     GPU binary (nvcc, cuBLAS, cuRAND)
 #   make train_moe_cpu CPU binary (g++ through the SIMT layer)
 #   make bench         speed tables
+#   make gpu-profile   the GPU cost report: training steps at the GPU defaults, every kernel and cuBLAS call
+#                      costed for an H100 and an A100 (simt/profile.h)
 # Options: FIBERS=ucontext (POSIX ucontext fibers instead of Boost.Context), CUDA_HOME=/usr/local/cuda
 
 SHELL := /bin/bash
@@ -85,7 +87,7 @@ RESOURCES_ENV = $(if $(wildcard $(RESOURCE_TABLE)),SIMT_RESOURCES=$(abspath $(RE
 all: train_moe_cpu
 
 help:
-	@sed -n '2,9p' Makefile
+	@sed -n '2,11p' Makefile
 
 # installs missing Debian packages (or prints the exact apt-get line to run)
 deps:
@@ -113,7 +115,12 @@ $(BUILD)/cpu/tests/%.o: $(SRC)/tests/%.cpp $(REWRITTEN_HEADERS)
 	@mkdir -p $(dir $@)
 	$(IN_SRC) $(CXX) $(CPU_FLAGS) -c $(REL) -o $(abspath $@)
 
-$(BUILD)/cpu/run_tests: $(CPU_TEST_OBJS) $(BUILD)/cpu/simt.o
+# the cost report's counting and model (tests/test_profile.cpp; no instrumentation in this build)
+$(BUILD)/cpu/profile.o: $(SRC)/simt/profile.cpp $(REWRITTEN_HEADERS)
+	@mkdir -p $(dir $@)
+	$(IN_SRC) $(CXX) $(CPU_FLAGS) -c $(REL) -o $(abspath $@)
+
+$(BUILD)/cpu/run_tests: $(CPU_TEST_OBJS) $(BUILD)/cpu/simt.o $(BUILD)/cpu/profile.o
 	$(CXX) $(CPU_FLAGS) $^ -o $@ -lgtest -lgtest_main $(CPU_LIBS)
 
 train_moe_cpu: $(SRC)/train_moe.cu $(REWRITTEN_HEADERS) $(BUILD)/cpu/simt.o
@@ -132,7 +139,11 @@ $(BUILD)/asan/tests/%.o: $(SRC)/tests/%.cpp $(REWRITTEN_HEADERS)
 	@mkdir -p $(dir $@)
 	$(IN_SRC) $(CXX) $(ASAN_FLAGS) -c $(REL) -o $(abspath $@)
 
-$(BUILD)/asan/run_tests: $(ASAN_TEST_OBJS) $(BUILD)/asan/simt.o
+$(BUILD)/asan/profile.o: $(SRC)/simt/profile.cpp $(REWRITTEN_HEADERS)
+	@mkdir -p $(dir $@)
+	$(IN_SRC) $(CXX) $(ASAN_FLAGS) -c $(REL) -o $(abspath $@)
+
+$(BUILD)/asan/run_tests: $(ASAN_TEST_OBJS) $(BUILD)/asan/simt.o $(BUILD)/asan/profile.o
 	$(CXX) $(ASAN_FLAGS) $^ -o $@ -lgtest -lgtest_main $(ASAN_LIBS)
 
 # The sanitizer run skips the slow whole-model tests (names containing "Slow").
@@ -227,6 +238,33 @@ $(BUILD)/cpu/bench_simt: $(SRC)/bench/bench_simt.cpp $(REWRITTEN_HEADERS) $(BUIL
 
 bench-simt: $(BUILD)/cpu/bench_simt
 	$(BUILD)/cpu/bench_simt
+
+# ---------------------------------------------------------------- GPU cost report (simt/profile.h)
+# bench/gpu_profile.cpp (the trainer's step at the GPU defaults) is compiled with g++'s ThreadSanitizer
+# instrumentation, which calls __tsan_read4(addr) and friends before every load and store, but linked
+# without its runtime: simt/profile_hooks.cpp (built without the flag) receives the calls and counts
+# the kernels' global memory accesses. Vectorisation is off so that each CUDA thread's access stays
+# the 4-byte access a GPU thread makes. Nothing of this is in any other build.
+# One step by default (about 4 minutes of the 2-core machine); PROFILE_ARGS passes options:
+# "--profile-steps 3", or any trainer flag ("--experts 0").
+.PHONY: gpu-profile
+PROFILE_FLAGS := $(CPU_FLAGS) -fno-tree-vectorize -fno-tree-slp-vectorize -fsanitize=thread \
+                 --param tsan-instrument-func-entry-exit=0
+$(BUILD)/prof/profile_hooks.o: $(SRC)/simt/profile_hooks.cpp $(REWRITTEN_HEADERS)
+	@mkdir -p $(dir $@)
+	$(IN_SRC) $(CXX) $(CPU_FLAGS) -c $(REL) -o $(abspath $@)
+
+$(BUILD)/prof/gpu_profile.o: $(SRC)/bench/gpu_profile.cpp $(REWRITTEN_HEADERS)
+	@mkdir -p $(dir $@)
+	$(IN_SRC) $(CXX) $(PROFILE_FLAGS) -c $(REL) -o $(abspath $@)
+
+$(BUILD)/prof/gpu_profile: $(BUILD)/prof/gpu_profile.o $(BUILD)/prof/profile_hooks.o $(BUILD)/cpu/profile.o $(BUILD)/cpu/simt.o
+	$(CXX) $(CPU_FLAGS) $^ -o $@ $(CPU_LIBS)
+
+# the report goes to the console and to $(BUILD)/prof/gpu_profile.md
+gpu-profile: deps data
+	@$(MAKE) --no-print-directory -j2 $(BUILD)/prof/gpu_profile
+	$(BUILD)/prof/gpu_profile $(PROFILE_ARGS) | tee $(BUILD)/prof/gpu_profile.md; exit $${PIPESTATUS[0]}
 
 # ---------------------------------------------------------------- ablation study (ablations/README.md)
 # Trains the runs that are missing (resumable), then writes ablations/README.md and its plots.

@@ -352,6 +352,9 @@ void ensure_alt_stack() {
 // =====================================================================================
 namespace detail {
 namespace {
+// The cost report's hooks (simt/profile.h); null unless a profiler installed them.
+std::atomic<const ProfileHooks*> g_profile_hooks{nullptr};
+
 #if SIMT_ASAN
 constexpr size_t kDefaultStackKiB = 256;  // ASan's redzones make frames much bigger
 #elif SIMT_RACECHECK
@@ -1267,6 +1270,8 @@ void run_block(Worker* w, const Launch& L, unsigned long long linear) {
     w->nthreads = n;
     w->live = n;
     w->barrier_waiters = w->warp_waiters = 0;
+    const ProfileHooks* hooks = g_profile_hooks.load(std::memory_order_relaxed);
+    if (hooks != nullptr) hooks->block_begin(n);
     w->barrier_list.clear();
     w->aborting = false;
 #if SIMT_ASAN
@@ -1303,6 +1308,7 @@ void run_block(Worker* w, const Launch& L, unsigned long long linear) {
     transfer(w, nullptr, pick_next(w));  // back here when the block is done or abandoned
     if (w->aborting) abort_block(w);
     w->current = nullptr;
+    if (hooks != nullptr) hooks->block_end(w->static_used);
 #if SIMT_RACECHECK
     tsan_block_end(w);
 #endif
@@ -1556,6 +1562,8 @@ void run_launch(const Launch& L) {
     const unsigned long long total = (unsigned long long)L.grid.x * L.grid.y * L.grid.z;
     p.grid_failed.store(false);
     const int n = p.configured;
+    const ProfileHooks* hooks = g_profile_hooks.load(std::memory_order_relaxed);
+    if (hooks != nullptr) hooks->launch_begin(L);
 #if SIMT_RACECHECK
     __tsan_release(&g_tsan_launch_start);
 #endif
@@ -1577,6 +1585,7 @@ void run_launch(const Launch& L) {
 #if SIMT_RACECHECK
     __tsan_acquire(&g_tsan_launch_end);
 #endif
+    if (hooks != nullptr) hooks->launch_end(L);
     if (p.grid_failed.load()) {
         // Report the failure of the lowest-numbered failed block (deterministic for any worker count).
         Worker* first = nullptr;
@@ -1587,6 +1596,21 @@ void run_launch(const Launch& L) {
         for (auto& w : p.workers) w->failed = false;
         if (first != nullptr) report(cudaErrorLaunchFailure, first->error, /*async=*/true);
     }
+}
+}  // namespace detail
+
+namespace detail {
+void set_profile_hooks(const ProfileHooks* hooks) {
+    std::lock_guard<std::mutex> launch_lock(g_launch_mutex);  // never while a launch runs
+    g_profile_hooks.store(hooks);
+}
+void device_region(const char** lo, size_t* bytes) {
+    *lo = region();
+    *bytes = dmem().reserved;
+}
+// Profiled device memory operations outside kernels (memset, copies, cuRAND).
+void profile_memory_op(MemoryOp op, size_t bytes) {
+    if (const ProfileHooks* hooks = g_profile_hooks.load(std::memory_order_relaxed)) hooks->memory_op(op, bytes);
 }
 }  // namespace detail
 
@@ -1825,6 +1849,11 @@ cudaError_t memcpy_impl(const char* call, void* dst, const void* src, size_t byt
     if (cudaError_t e = check_side(call, "destination", dst, bytes, dst_dev, kind)) return e;
     if (cudaError_t e = check_side(call, "source", src, bytes, src_dev, kind)) return e;
     if (src_dev && !dst_dev) simt::g_d2h_copies++;
+    if (src_dev || dst_dev)
+        simt::detail::profile_memory_op(src_dev && dst_dev ? simt::detail::MemoryOp::DeviceToDevice
+                                        : src_dev          ? simt::detail::MemoryOp::DeviceToHost
+                                                           : simt::detail::MemoryOp::HostToDevice,
+                                        bytes);
     if (src_dev || dst_dev) {
         simt::DeviceAccess access;
         memmove(dst, src, bytes);
@@ -1849,6 +1878,7 @@ cudaError_t cudaMemset(void* ptr, int value, size_t bytes) {
         return report(cudaErrorInvalidValue,
                       format("simt: cudaMemset(%p, %d, %zu): not inside one live cudaMalloc allocation", ptr, value,
                              bytes));
+    simt::detail::profile_memory_op(simt::detail::MemoryOp::Memset, bytes);
     simt::DeviceAccess access;
     memset(ptr, value, bytes);
     return cudaSuccess;
@@ -2035,11 +2065,12 @@ cudaError_t simt_func_set_attribute(const void* kernel, cudaFuncAttribute attrib
 // =====================================================================================
 struct cublasContext {
     cudaStream_t stream;
+    cublasMath_t math;
 };
 
 cublasStatus_t cublasCreate(cublasHandle_t* handle) {
     if (handle == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
-    *handle = new cublasContext{nullptr};
+    *handle = new cublasContext{nullptr, CUBLAS_DEFAULT_MATH};
     return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasDestroy(cublasHandle_t handle) {
@@ -2052,8 +2083,10 @@ cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream) {
     handle->stream = stream;
     return CUBLAS_STATUS_SUCCESS;
 }
-cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t) {
-    return handle == nullptr ? CUBLAS_STATUS_NOT_INITIALIZED : CUBLAS_STATUS_SUCCESS;
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode) {
+    if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+    handle->math = mode;
+    return CUBLAS_STATUS_SUCCESS;
 }
 
 namespace {
@@ -2086,7 +2119,7 @@ cublasStatus_t check_matrix(const char* call, const char* name, const float* p, 
 cublasStatus_t gemm_checked(const char* call, cublasHandle_t handle, cublasOperation_t transa,
                             cublasOperation_t transb, int m, int n, int k, const float* alpha, const float* A, int lda,
                             long long strideA, const float* B, int ldb, long long strideB, const float* beta, float* C,
-                            int ldc, long long strideC, int batch) {
+                            int ldc, long long strideC, int batch, const std::source_location& site) {
     if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
     if ((transa != CUBLAS_OP_N && transa != CUBLAS_OP_T) || (transb != CUBLAS_OP_N && transb != CUBLAS_OP_T))
         return blas_error(format("simt: %s: only CUBLAS_OP_N and CUBLAS_OP_T are supported", call));
@@ -2110,8 +2143,11 @@ cublasStatus_t gemm_checked(const char* call, cublasHandle_t handle, cublasOpera
     }
     if (cublasStatus_t s = check_matrix(call, "C", C, m, n, ldc, strideC, batch)) return s;
 
-    simt::DeviceAccess access;
     const float a = *alpha, b = *beta;
+    if (const simt::detail::ProfileHooks* hooks = simt::detail::g_profile_hooks.load(std::memory_order_relaxed))
+        hooks->gemm(simt::detail::GemmCall{call, transa == CUBLAS_OP_T, transb == CUBLAS_OP_T, m, n, k, batch,
+                                           b != 0.0f, handle->math == CUBLAS_TF32_TENSOR_OP_MATH, site});
+    simt::DeviceAccess access;
     for (int i = 0; i < batch; ++i) {
         float* c = C + strideC * i;
         if (k == 0 || a == 0.0f) {
@@ -2133,17 +2169,18 @@ cublasStatus_t gemm_checked(const char* call, cublasHandle_t handle, cublasOpera
 
 cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
                            int k, const float* alpha, const float* A, int lda, const float* B, int ldb,
-                           const float* beta, float* C, int ldc) {
+                           const float* beta, float* C, int ldc, std::source_location site) {
     return gemm_checked("cublasSgemm", handle, transa, transb, m, n, k, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0,
-                        1);
+                        1, site);
 }
 
 cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
                                          int m, int n, int k, const float* alpha, const float* A, int lda,
                                          long long strideA, const float* B, int ldb, long long strideB,
-                                         const float* beta, float* C, int ldc, long long strideC, int batchCount) {
+                                         const float* beta, float* C, int ldc, long long strideC, int batchCount,
+                                         std::source_location site) {
     return gemm_checked("cublasSgemmStridedBatched", handle, transa, transb, m, n, k, alpha, A, lda, strideA, B, ldb,
-                        strideB, beta, C, ldc, strideC, batchCount);
+                        strideB, beta, C, ldc, strideC, batchCount, site);
 }
 
 // =====================================================================================
@@ -2161,6 +2198,7 @@ curandStatus_t check_rng_output(const char* call, const float* out, size_t n) {
         simt::g_last_message = message;
         return CURAND_STATUS_LAUNCH_FAILURE;
     }
+    simt::detail::profile_memory_op(simt::detail::MemoryOp::RandomFill, n * sizeof(float));  // a kernel on a GPU
     return CURAND_STATUS_SUCCESS;
 }
 }  // namespace

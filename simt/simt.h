@@ -290,6 +290,30 @@ bool check_pointer_argument(const char* kernel, int index, const void* p);
 // Runs every block of the grid; returns when all are done (or one failed).
 void run_launch(const Launch& launch);
 
+// ---- profiling hooks (simt/profile.h, the GPU cost report) ----
+// The layer calls these at every launch, block, cuBLAS call and device memory operation while a
+// profiler has installed them; otherwise the pointer is null and the cost is one load per block.
+struct GemmCall {
+    const char* call;              // "cublasSgemm" / "cublasSgemmStridedBatched"
+    bool transa, transb;           // CUBLAS_OP_T
+    int m, n, k, batch;
+    bool beta_nonzero;             // C is read as well as written
+    bool tf32;                     // the handle's math mode allows TF32 tensor cores
+    std::source_location site;     // the call in the project's source
+};
+enum class MemoryOp : unsigned char { Memset, HostToDevice, DeviceToHost, DeviceToDevice, RandomFill };
+struct ProfileHooks {
+    void (*launch_begin)(const Launch& launch);   // on the launching thread, before any block runs
+    void (*launch_end)(const Launch& launch);     // on the launching thread, after every block finished
+    void (*block_begin)(int threads);             // on the worker thread that runs the block
+    void (*block_end)(size_t static_shared_bytes);
+    void (*gemm)(const GemmCall& call);
+    void (*memory_op)(MemoryOp op, size_t bytes);
+};
+void set_profile_hooks(const ProfileHooks* hooks);
+// The reserved device region [lo, lo + bytes): every global memory address lies inside it.
+void device_region(const char** lo, size_t* bytes);
+
 template <class T>
 bool check_argument(const char* kernel, int index, const T& value) {
     if constexpr (std::is_pointer_v<T> && !std::is_function_v<std::remove_pointer_t<T>>) {
@@ -686,14 +710,18 @@ typedef struct cublasContext* cublasHandle_t;
 cublasStatus_t cublasCreate(cublasHandle_t* handle);
 cublasStatus_t cublasDestroy(cublasHandle_t handle);
 cublasStatus_t cublasSetStream(cublasHandle_t handle, cudaStream_t stream);
-cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode);  // accepted, ignored
+// The math mode is kept (the cost report reads it); the arithmetic is FP32 OpenBLAS whatever it says.
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode);
+// `site` (the caller's line, filled in by the default argument) names the call in the cost report.
 cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
                            int k, const float* alpha, const float* A, int lda, const float* B, int ldb,
-                           const float* beta, float* C, int ldc);
+                           const float* beta, float* C, int ldc,
+                           std::source_location site = std::source_location::current());
 cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
                                          int m, int n, int k, const float* alpha, const float* A, int lda,
                                          long long strideA, const float* B, int ldb, long long strideB,
-                                         const float* beta, float* C, int ldc, long long strideC, int batchCount);
+                                         const float* beta, float* C, int ldc, long long strideC, int batchCount,
+                                         std::source_location site = std::source_location::current());
 
 // =====================================================================================
 // 10. cuRAND: the real libcurand host generator (declared here: curand.h drags in CUDA headers)
