@@ -372,23 +372,34 @@ int blocks_per_sm(const GpuSpec& gpu, unsigned long long threads_per_block, size
 }
 
 double gemm_time(const GpuSpec& gpu, int m, int n, int k, int batch, bool beta_nonzero, bool tf32, GemmEstimate* out) {
-    GemmEstimate e;
-    e.tile_m = m <= gpu.gemm_tile / 2 ? gpu.gemm_tile / 2 : gpu.gemm_tile;
-    e.tile_n = n <= gpu.gemm_tile / 2 ? gpu.gemm_tile / 2 : gpu.gemm_tile;
-    e.tiles = std::ceil((double)m / e.tile_m) * std::ceil((double)n / e.tile_n) * batch;
-    // too few tiles to fill the SMs: K is cut into slices (split-K), each slice a tile's work on its
-    // own SM, the partial results summed in one more pass through memory
-    if (e.tiles < gpu.sms) e.split = (int)std::max(1.0, std::min(std::floor(gpu.sms / e.tiles), std::floor((double)k / gpu.splitk_min_k)));
     const double flops = 2.0 * m * n * (double)k * batch;
     const double bytes = 4.0 * ((double)m * k + (double)k * n + (double)m * n * (beta_nonzero ? 2 : 1)) * batch;
-    const double partials = e.split > 1 ? 2.0 * 4.0 * (double)m * n * e.split * batch : 0.0;
     const double peak = tf32 ? gpu.tf32_flops_per_s : gpu.fp32_flops_per_s;
-    const double t_flop = std::ceil(e.tiles * e.split / gpu.sms) * 2.0 * e.tile_m * e.tile_n * std::ceil((double)k / e.split) / (peak / gpu.sms);
-    const double t_hbm = (bytes + partials) / gpu.hbm_bytes_per_s;
-    e.flop_bound = t_flop >= t_hbm;
-    e.minimum = std::max(flops / peak, bytes / gpu.hbm_bytes_per_s);
-    if (out != nullptr) *out = e;
-    return std::max(gpu.cublas_floor_s, gpu.launch_gap_s + std::max(t_flop, t_hbm));
+    // cuBLAS's heuristics, crudely: the fastest of four tile shapes, the larger on a tie
+    const int big = gpu.gemm_tile, small = gpu.gemm_tile / 2;
+    const int shapes[4][2] = {{big, big}, {big, small}, {small, big}, {small, small}};
+    GemmEstimate best;
+    double best_time = 0;
+    for (const auto& shape : shapes) {
+        GemmEstimate e;
+        e.tile_m = shape[0];
+        e.tile_n = shape[1];
+        e.tiles = std::ceil((double)m / e.tile_m) * std::ceil((double)n / e.tile_n) * batch;
+        // too few tiles to fill the SMs: K is cut into slices (split-K), each slice a tile's work on
+        // its own SM, the partial results summed in one more pass through memory
+        if (e.tiles < gpu.sms)
+            e.split = (int)std::max(1.0, std::min(std::floor(gpu.sms / e.tiles), std::floor((double)k / gpu.splitk_min_k)));
+        const double partials = e.split > 1 ? 2.0 * 4.0 * (double)m * n * e.split * batch : 0.0;
+        const double t_flop = std::ceil(e.tiles * e.split / gpu.sms) * 2.0 * e.tile_m * e.tile_n *
+                              std::ceil((double)k / e.split) / (peak / gpu.sms);
+        const double t_hbm = (bytes + partials) / gpu.hbm_bytes_per_s;
+        e.flop_bound = t_flop >= t_hbm;
+        e.minimum = std::max(flops / peak, bytes / gpu.hbm_bytes_per_s);
+        const double t = std::max(gpu.cublas_floor_s, gpu.launch_gap_s + std::max(t_flop, t_hbm));
+        if (best.tiles == 0 || t < best_time) best = e, best_time = t;
+    }
+    if (out != nullptr) *out = best;
+    return best_time;
 }
 
 double kernel_time(const GpuSpec& gpu, const LaunchCounts& c, double* minimum) {
@@ -565,7 +576,7 @@ void print_report(FILE* out, int steps) {
             "the latency of its busiest warp: load instructions x %.1f us / %d loads in flight x rounds of resident "
             "blocks\n"
             "- resident blocks per SM from threads per block and shared memory only (registers unknown here)\n"
-            "- cuBLAS: %dx%d output tiles (%d where a dimension is at most %d), one tile per SM at a time, each at "
+            "- cuBLAS: the fastest of %dx%d, %dx%d, %dx%d and %dx%d output tiles, one tile per SM at a time, each at "
             "1/SMs of the FP32 (or TF32, if the handle's math mode says so) peak; with fewer tiles than SMs, K split "
             "into up to SMs/tiles slices of at least %d (split-K), the partial sums written and read once; A, B, C "
             "cross HBM once\n"
@@ -573,7 +584,8 @@ void print_report(FILE* out, int steps) {
             "bandwidth\n"
             "- roofline minimum: max(footprint / HBM bandwidth, FLOPs / peak), without launch cost, latency or tail\n",
             h.launch_floor_s * 1e6, h.cublas_floor_s * 1e6, h.launch_gap_s * 1e6, h.load_latency_s * 1e6,
-            h.loads_in_flight_per_warp, h.gemm_tile, h.gemm_tile, h.gemm_tile / 2, h.gemm_tile / 2, h.splitk_min_k,
+            h.loads_in_flight_per_warp, h.gemm_tile, h.gemm_tile, h.gemm_tile, h.gemm_tile / 2, h.gemm_tile / 2, h.gemm_tile,
+            h.gemm_tile / 2, h.gemm_tile / 2, h.splitk_min_k,
             h.host_copy_bytes_per_s / 1e9, h.host_copy_floor_s * 1e6);
     fprintf(out,
             "\n## What this model cannot know\n\n"

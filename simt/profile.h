@@ -31,8 +31,9 @@
 //                       flight per warp x ceil(blocks / (SMs x resident blocks per SM))
 //           tail      = ceil(blocks / SMs) x SMs / blocks: an SM draws at most 1/SMs of the
 //                       bandwidth, so a grid of 12 blocks gets 12/132 of an H100's
-//   cuBLAS  t = max(cuBLAS floor, launch gap + max(t_flop, t_hbm)), t_flop = waves of assumed
-//           output tiles (one per SM at a time) x a tile's FLOPs at one SM's share of the peak;
+//   cuBLAS  t = max(cuBLAS floor, launch gap + max(t_flop, t_hbm)), t_flop = waves of output
+//           tiles (one per SM at a time) x a tile's FLOPs at one SM's share of the peak, with the
+//           fastest of four tile shapes (128 or 64 on each side: cuBLAS's choice, crudely);
 //           a GEMM with fewer tiles than SMs splits K (split-K) to fill them, its partial sums
 //           written and read once more
 //   minimum (the roofline) = max(footprint bytes / HBM bandwidth, FLOPs / peak), no latency, no tail
@@ -60,7 +61,7 @@ struct GpuSpec {
     double launch_gap_s;              // between two dependent launches on one stream
     double load_latency_s;            // a global load that misses in L1
     int loads_in_flight_per_warp;     // independent loads a warp keeps in flight (unrolled loops)
-    int gemm_tile;                    // assumed cuBLAS output tile: gemm_tile x gemm_tile (half for dims <= half)
+    int gemm_tile;                    // cuBLAS output tiles: gemm_tile or half of it on each side
     int splitk_min_k;                 // split-K slices are at least this deep
     double host_copy_bytes_per_s;     // pageable host memory over PCIe
     double host_copy_floor_s;

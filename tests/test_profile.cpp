@@ -187,23 +187,28 @@ TEST(ProfileModel, GemmWavesOfTilesAndSplitK) {
     const simt::profile::GpuSpec& h = simt::profile::h100();
     const double per_sm_peak = h.fp32_flops_per_s / h.sms;
     simt::profile::GemmEstimate e;
-    // 32 x 32 tiles of 128 x 128: 8 waves on 132 SMs, each tile at 1/132 of the FP32 peak
+    // 32 x 32 tiles of 128 x 128: 8 waves on 132 SMs, each tile at 1/132 of the FP32 peak (the
+    // smaller tiles need as many rounds of the same work: the larger tile wins the tie)
     double t = simt::profile::gemm_time(h, 4096, 4096, 4096, 1, false, false, &e);
     EXPECT_EQ(e.tiles, 1024.0);
     EXPECT_EQ(e.split, 1);
     EXPECT_NEAR(t, 1e-6 + 8 * 2.0 * 128 * 128 * 4096 / per_sm_peak, 1e-12);
     EXPECT_NEAR(e.minimum, 2.0 * 4096.0 * 4096 * 4096 / h.fp32_flops_per_s, 1e-12);
-    // a weight gradient (C x C, K = N tokens): 9 tiles, so K is split in 14 slices to fill 126 SMs
+    // a weight gradient (C x C, K = N tokens): 18 tiles of 128 x 64, so K is split in 7 slices to
+    // fill 126 SMs (9 tiles of 128 x 128 in 14 slices are a hair slower: 1171 x 128 > 2341 x 64)
     t = simt::profile::gemm_time(h, 384, 384, 16384, 1, false, false, &e);
-    EXPECT_EQ(e.tiles, 9.0);
-    EXPECT_EQ(e.split, 14);
-    EXPECT_NEAR(t, 1e-6 + 2.0 * 128 * 128 * std::ceil(16384 / 14.0) / per_sm_peak, 1e-12);
-    // one sequence's attention product: 64-wide tiles, too shallow to split; the call floor
+    EXPECT_EQ(e.tile_m, 128);
+    EXPECT_EQ(e.tile_n, 64);
+    EXPECT_EQ(e.tiles, 18.0);
+    EXPECT_EQ(e.split, 7);
+    EXPECT_NEAR(t, 1e-6 + 2.0 * 128 * 64 * std::ceil(16384 / 7.0) / per_sm_peak, 1e-12);
+    // one sequence's attention product: 24 tiles of 64 x 64 in one wave, too shallow to split
     t = simt::profile::gemm_time(h, 64, 256, 256, 6, false, false, &e);
     EXPECT_EQ(e.tile_m, 64);
-    EXPECT_EQ(e.tiles, 12.0);
+    EXPECT_EQ(e.tile_n, 64);
+    EXPECT_EQ(e.tiles, 24.0);
     EXPECT_EQ(e.split, 1);
-    EXPECT_NEAR(t, 1e-6 + 2.0 * 64 * 128 * 256 / per_sm_peak, 1e-12);
+    EXPECT_NEAR(t, 1e-6 + 2.0 * 64 * 64 * 256 / per_sm_peak, 1e-12);
     EXPECT_NEAR(simt::profile::gemm_time(h, 8, 8, 8, 1, false, false), h.cublas_floor_s, 1e-15);
     // TF32 tensor cores (the handle's math mode): the same tiles at the TF32 peak
     t = simt::profile::gemm_time(h, 4096, 4096, 4096, 1, false, true, &e);
