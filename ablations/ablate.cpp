@@ -390,6 +390,9 @@ struct Result {
     // coverage, and for token choice with K <= 2 the same count from the kept choices (empty otherwise)
     std::vector<double> coverage;
     std::vector<double> rerouted_per_round;  // --overflow reroute: choices per step placed in each round
+    int log_steps = 0, rerouted_log_steps = 0;  // log records with MoE statistics; those where rerouting placed any choice
+    long long rerouted_last_step = 0;            // the last of them
+    double bias_mean_end = NAN;                  // --bias-rate: the mean of b over the experts and layers at the last log step
     std::vector<double> mutual_information;  // --data synthetic: I(domain; expert) per layer (specialisation)
     // tokens per CPU-second when the CPU time is known (steady on a shared machine), else the trainer's tokens/s
     double throughput() const { return std::isfinite(tokens_per_cpu_s) ? tokens_per_cpu_s : tokens_per_s; }
@@ -475,6 +478,20 @@ Result load_result(const Sweep& s, const RunSpec& spec) {
         if (k == "rerouted_per_round") r.rerouted_per_round = x;
     }
     if (r.moe && r.coverage.empty()) r.coverage = token_choice_coverage(r.h, s.batch * s.block);
+    for (const StepRecord& rec : r.h.records) {
+        if (rec.moe.empty()) continue;
+        r.log_steps++;
+        long placed = 0;
+        for (const MoeStats& st : rec.moe) placed += st.rerouted_choices;
+        if (placed > 0) r.rerouted_log_steps++, r.rerouted_last_step = rec.step;
+    }
+    if (const StepRecord* last = r.h.last_moe(); last && !last->moe[0].bias.empty()) {
+        double sum = 0;
+        int n = 0;
+        for (const MoeStats& st : last->moe)
+            for (float b : st.bias) sum += b, n++;
+        r.bias_mean_end = sum / n;
+    }
     // tail loads, starved experts, the largest gradient norm after warmup
     long long last = r.h.records.empty() ? 0 : r.h.records.back().step;
     const double from = last * (1 - kTail);
@@ -802,7 +819,7 @@ plot::Figure ek_surface_figure(const std::vector<std::vector<const Result*>>& by
 plot::Figure specialisation_figure(const std::vector<const Result*>& runs, const std::vector<std::string>& coefs) {
     std::vector<plot::Axes> panels;
     plot::Axes sc;
-    sc.title = "a point per layer and run";
+    sc.title = "a point per layer and run (the largest possible: ln 4 = 1.386)";
     sc.xlabel = "load imbalance (max / mean, last 10% of steps)";
     sc.ylabel = "I(domain; expert) (nats)";
     int L = 0;
@@ -824,7 +841,6 @@ plot::Figure specialisation_figure(const std::vector<const Result*>& runs, const
         }
         sc.series.push_back(std::move(pts));
     }
-    if (!runs.empty()) sc.hlines.push_back(plot::RefLine{std::log(4.0), "ln 4 (one expert per domain)", plot::rgb(120, 120, 120), true});
     sc.ymin = 0;
     pad_x_to_points(sc);
     panels.push_back(std::move(sc));
@@ -993,7 +1009,8 @@ std::string routing_variant_text(const Report& R, const Experiment& x) {
              " active parameters per token (expert choice on average: a token gets " + f2(b.mean) +
              " experts). Expert choice has no load-balancing loss (aux = 0 by definition); everything else is the same. ";
         t += R.vs("ec-cf1.0", "cf1.0") + ". ";
-        t += "Expert choice left " + pct(b.none) + " of the tokens to no expert (the residual stream alone carried them through the layer), gave " +
+        t += (b.none > 0 ? "Expert choice left " + pct(b.none) + " of the tokens to no expert (the residual stream alone carried them through the layer), gave "
+                         : std::string("Expert choice took every token with at least one expert (none was left to the residual stream alone), gave ")) +
              pct(b.one) + " one expert, " + pct(b.two) + " two and " + pct(b.more) + " three or more (at most " + std::to_string(b.max) +
              " on one token); token choice, which dropped " + pct(tc->get("drop_rate")) + " of its choices, left " + pct(a.none) +
              " with no expert, " + pct(a.one) + " with one and " + pct(a.two) + " with both (means of the layers and of the last 10% of steps). ";
@@ -1022,7 +1039,18 @@ std::string routing_variant_text(const Report& R, const Experiment& x) {
              ", aux loss " + delta(g("noise-off"), none) + ". ";
         t += "The selection bias (rate " + R.s.bias_rate + " per step) ended with a spread (max - min over the experts, mean of the layers) of " +
              fmt("%.3f", bias->get("bias_range")) + " alone and " + fmt("%.3f", both->get("bias_range")) +
-             " beside the aux loss: the size of the score differences it offsets.\n";
+             " beside the aux loss: the size of the score differences it offsets. ";
+        std::string means;
+        for (const auto& n : {"bias", "aux-bias", "sigmoid-bias"})
+            if (const Result* r = g(n); r && std::isfinite(r->bias_mean_end)) means += (means.empty() ? "" : ", ") + std::string(n) + " " + signed3(r->bias_mean_end);
+        const double drift = bias->bias_mean_end;
+        if (std::isfinite(drift) && std::fabs(drift) >= 0.5 * std::max(1e-12, bias->get("bias_range")))
+            t += "The biases also drifted together (their mean over the experts at the end: " + means +
+                 "). A shift common to every expert changes no selection; it comes from the sign rule, which moves an expert by the same step "
+                 "however far its load is from the mean, so the mean bias " + (drift > 0 ? "rises" : "falls") + " whenever more experts are " +
+                 (drift > 0 ? "below" : "above") + " the mean load than " + (drift > 0 ? "above" : "below") + " it, as when a few experts are " +
+                 (drift > 0 ? "overloaded" : "underloaded") + " by a lot.";
+        t += "\n";
     } else if (x.key == "gate") {
         const Result *sm = g("bias"), *sg = g("sigmoid-bias");
         t += "Both select their top-2 by score + bias (rate " + R.s.bias_rate + "), with no aux loss and no router noise. " +
@@ -1046,7 +1074,14 @@ std::string routing_variant_text(const Report& R, const Experiment& x) {
                  (floor > 0 ? " (" + pct(std::max(0.0, d->get("drop_rate") - floor)) + " above that floor: the slots it left empty)" : std::string()) +
                  " and left " + fmt("%.1f", d->get("tokens_all_dropped")) + " tokens per step with no expert; rerouting placed " + pct(rr->get("rerouted_rate")) + " of the choices at a later expert (" +
                  (placed > 0 ? pct(rr->rerouted_per_round[0] / placed) + " of them in the first round" : std::string("none in any round")) +
-                 "), dropped " + pct(rr->get("drop_rate")) + " and left " + fmt("%.1f", rr->get("tokens_all_dropped")) + " tokens per step with none. ";
+                 "), dropped " + pct(rr->get("drop_rate")) + " and left " + fmt("%.1f", rr->get("tokens_all_dropped")) + " tokens per step with none";
+            if (rr->rerouted_log_steps < rr->log_steps)  // rerouting that rarely finds a free slot: say when it did
+                t += "; over the whole run it placed choices at " + std::to_string(rr->rerouted_log_steps) + " of the " +
+                     std::to_string(rr->log_steps) + " log steps" +
+                     (rr->rerouted_log_steps > 0 ? ", the last at step " + std::to_string(rr->rerouted_last_step) +
+                                                       " (the two runs train identically until it first places a choice; evaluation, on other batches, reroutes too)"
+                                                 : std::string());
+            t += ". ";
             t += R.vs(rr->spec->name, d->spec->name) + "; throughput " + speed(rr) + " vs " + speed(d) + speed_unit + ". ";
         }
         t += "\n";
@@ -1099,11 +1134,15 @@ std::string routing_variant_text(const Report& R, const Experiment& x) {
         t += ". From aux 0 to aux 0.1 the load imbalance went from " + f2(v.front()->get("load_imbalance")) + " to " + f2(v.back()->get("load_imbalance")) +
              " and the mutual information from " + fmt("%.3f", mi0) + " to " + fmt("%.3f", mi1) + " nats (ln 4 = " + fmt("%.3f", std::log(4.0)) +
              ": every domain on experts of its own): ";
+        double mi_lo = INFINITY, mi_hi = -INFINITY;
+        for (const Result* r : v) mi_lo = std::min(mi_lo, mean_mi(*r)), mi_hi = std::max(mi_hi, mean_mi(*r));
         t += mi1 < mi0 - 0.05 ? "stronger balancing cost specialisation here"
              : mi1 > mi0 + 0.05 ? "stronger balancing did not cost specialisation here; the routing followed the domains more"
                                 : "the balancing strength barely changed the specialisation here";
+        t += " (the four runs span " + fmt("%.3f", mi_lo) + " to " + fmt("%.3f", mi_hi) +
+             " nats; no second seed was run on this data, so how much of that is run-to-run noise is not measured)";
         t += ". With 8 experts, top-2 and 4 domains, two experts per domain would be both specialised and, were the domains of equal size, "
-             "balanced, so this setup does not force the two apart. (The seed-to-seed difference above was measured on tiny Shakespeare, not on this data.)\n";
+             "balanced, so this setup does not force the two apart.\n";
     }
     return t;
 }
@@ -1240,7 +1279,8 @@ bool write_report(const Sweep& s, const std::vector<RunSpec>& specs, std::map<st
     std::string md;
     md += "# MoE ablations\n\n";
     md += "Generated by `make ablate` (`ablations/ablate.cpp`) from the runs in `ablations/runs/`: every number and sentence "
-          "below is computed from the runs' `summary.json` and `metrics.jsonl`; rerunning the study rewrites this file.\n\n";
+          "below is computed from the runs' `summary.json` and `metrics.jsonl` (except the short look taken before the study to "
+          "choose two coefficients, which the setup quotes as such); rerunning the study rewrites this file.\n\n";
     md += "## Setup\n\n";
     md += "Every run: tiny Shakespeare (`" + s.data + "`, character level; the specialisation runs `syn-*`: `--data synthetic`), seed " +
           std::to_string(s.seed) + " (except the noise reference), " +
